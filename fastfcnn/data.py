@@ -1,0 +1,349 @@
+"""CIFAR-10 loading (official python layout), validation split and per-channel statistics.
+
+Images stay uint8 end to end: the whole dataset takes about 180 MB as bytes and is never
+copied to float here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.error import URLError
+from urllib.request import urlopen
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from fastfcnn.errors import UserError
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+FOLDER_NAME = "cifar-10-batches-py"
+
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+N_FEATURES = 3072  # 3 channels x 32 x 32, channel-major (R plane, G plane, B plane)
+DOWNLOAD_TIMEOUT = 30.0  # seconds, per blocking network operation
+
+_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_TEST_FILE = "test_batch"
+_META_FILE = "batches.meta"  # optional: default class names are used without it
+_FILES = (*_TRAIN_FILES, _TEST_FILE, _META_FILE)
+_HINT = "put the official archive there or pass --data-dir"
+
+
+@dataclass
+class CIFAR10:
+    """CIFAR-10 as flat uint8 images and int64 labels (all arrays C-contiguous).
+
+    Attributes
+    ----------
+    x_train : np.ndarray
+        (N, 3072) uint8 training images, the five training batches in order.
+    y_train : np.ndarray
+        (N,) int64 labels in 0..9.
+    x_test : np.ndarray
+        (M, 3072) uint8 test images.
+    y_test : np.ndarray
+        (M,) int64 labels in 0..9.
+    class_names : list of str
+        The 10 class names, indexed by label.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+
+
+def default_data_dir() -> Path:
+    """Return ``$FASTFCNN_DATA`` if set, else ``$XDG_CACHE_HOME/fastfcnn`` or ``~/.cache/fastfcnn``."""
+    if os.environ.get("FASTFCNN_DATA"):
+        return Path(os.environ["FASTFCNN_DATA"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(cache).expanduser() / "fastfcnn"
+
+
+def resolve_data_dir(data_dir: Path | str | None) -> Path:
+    """Return `data_dir` as a Path, or :func:`default_data_dir` when it is None."""
+    return default_data_dir() if data_dir is None else Path(data_dir).expanduser()
+
+
+def load_cifar10(data_dir: Path | str | None = None, download: bool = True) -> CIFAR10:
+    """Load CIFAR-10 from `data_dir`, downloading the official archive if needed.
+
+    Looks for ``DIR/cifar-10-batches-py/`` first, then ``DIR/cifar-10-python.tar.gz``
+    (extracted into DIR on first use when DIR is writable, read in memory otherwise),
+    and finally downloads the archive into DIR when `download` is true.
+
+    Parameters
+    ----------
+    data_dir : Path, str or None
+        Directory holding the data; None means :func:`default_data_dir`.
+    download : bool
+        Whether to download the archive when neither the folder nor the archive exists.
+
+    Returns
+    -------
+    CIFAR10
+        The validated dataset.
+
+    Raises
+    ------
+    UserError
+        If the data is missing and cannot be downloaded, or a file is corrupt or malformed.
+    """
+    root = resolve_data_dir(data_dir)
+    folder, archive = root / FOLDER_NAME, root / ARCHIVE_NAME
+    if folder.is_dir():
+        return _assemble(_folder_files(folder), lambda name: str(folder / name))
+    if not archive.is_file():
+        if not download:
+            raise UserError(f"{_not_found(root)} and downloading is disabled; {_HINT}")
+        _download(archive)
+    return _load_archive(archive)
+
+
+def stratified_split(y: np.ndarray, val_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices into train and validation sets with the class proportions of `y`.
+
+    Each class gets ``count * val_size / len(y)`` validation rows, rounded by the largest
+    remainder method (ties go to the smaller label) so the total is exactly `val_size`.
+
+    Parameters
+    ----------
+    y : np.ndarray
+        (N,) integer labels.
+    val_size : int
+        Number of validation rows, 0 <= val_size < N.
+    rng : np.random.Generator
+        The only source of randomness (which rows of each class go to validation).
+
+    Returns
+    -------
+    train_idx, val_idx : np.ndarray
+        Sorted, disjoint int64 index arrays that together cover ``range(N)``.
+    """
+    y = np.asarray(y)
+    n = len(y)
+    if not 0 <= val_size < n:
+        raise UserError(
+            f"validation size must be between 0 and {n - 1} (the training set has {n} rows), got {val_size}"
+        )
+    _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    quota, remainder = np.divmod(counts * val_size, n)  # exact integer arithmetic
+    short = val_size - quota.sum()
+    quota[np.argsort(-remainder, kind="stable")[:short]] += 1
+    chosen = [rng.choice(np.flatnonzero(inverse == k), size=q, replace=False) for k, q in enumerate(quota)]
+    val_idx = np.sort(np.concatenate(chosen)).astype(np.int64)
+    is_train = np.ones(n, dtype=bool)
+    is_train[val_idx] = False
+    return np.flatnonzero(is_train).astype(np.int64), val_idx
+
+
+def channel_stats(
+    x: np.ndarray, idx: np.ndarray | None = None, chunk_rows: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) std of flat uint8 images, in [0, 255] units.
+
+    Sums and sums of squares are accumulated exactly in uint64, `chunk_rows` rows at a time
+    (the largest temporary is a uint16 chunk), and turned into float64 statistics at the end.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        (N, 3072) uint8 images; columns 0:1024, 1024:2048, 2048:3072 are R, G, B.
+    idx : np.ndarray, optional
+        Row indices to use (e.g. the training split); all rows when None.
+    chunk_rows : int
+        Rows processed per step.
+
+    Returns
+    -------
+    mean, std : np.ndarray
+        float32 arrays of shape (3,).
+    """
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != N_FEATURES:
+        raise ValueError(f"expected (N, {N_FEATURES}) uint8 images, got {x.shape} {x.dtype}")
+    rows = np.arange(len(x)) if idx is None else np.asarray(idx)
+    if rows.size == 0:
+        raise ValueError("cannot compute channel statistics of zero images")
+    total = np.zeros(3, dtype=np.uint64)
+    total_sq = np.zeros(3, dtype=np.uint64)
+    for start in range(0, rows.size, chunk_rows):
+        block = x[rows[start : start + chunk_rows]].reshape(-1, 3, N_FEATURES // 3).astype(np.uint16)
+        total += block.sum(axis=(0, 2), dtype=np.uint64)
+        total_sq += np.square(block, out=block).sum(axis=(0, 2), dtype=np.uint64)  # 255**2 fits in uint16
+    count = rows.size * (N_FEATURES // 3)
+    mean = total / count
+    var = np.maximum(total_sq / count - mean**2, 0.0)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+def _not_found(root: Path) -> str:
+    return f"CIFAR-10 not found in {root} (looked for {FOLDER_NAME}/ and {ARCHIVE_NAME})"
+
+
+def _download(archive: Path) -> None:
+    """Download the official archive to `archive`, via a temporary file, checking its MD5."""
+    root = archive.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{ARCHIVE_NAME}-", suffix=".part", dir=root)
+    except OSError as exc:
+        raise UserError(f"{_not_found(root)} and it cannot be downloaded there ({exc}); {_HINT}") from exc
+    tmp = Path(tmp_name)
+    md5 = hashlib.md5()
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out, urlopen(CIFAR10_URL, timeout=DOWNLOAD_TIMEOUT) as response:
+                size = int(response.headers.get("Content-Length") or 0) or None
+                columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+                with Progress(*columns, console=Console(stderr=True)) as progress:
+                    task = progress.add_task("CIFAR-10", total=size)
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        md5.update(chunk)
+                        progress.advance(task, len(chunk))
+        except (OSError, http.client.HTTPException) as exc:  # URLError and timeouts are OSErrors
+            reason = exc.reason if isinstance(exc, URLError) else exc
+            raise UserError(f"{_not_found(root)} and the download failed ({reason}); {_HINT}") from exc
+        if md5.hexdigest() != CIFAR10_MD5:
+            raise UserError(
+                f"the CIFAR-10 download from {CIFAR10_URL} is corrupt (MD5 {md5.hexdigest()}, "
+                f"expected {CIFAR10_MD5}); retry, put the official archive in {root} or pass --data-dir"
+            )
+        os.replace(tmp, archive)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left on failure or interruption
+
+
+def _load_archive(archive: Path) -> CIFAR10:
+    """Load from the archive, leaving ``cifar-10-batches-py/`` next to it when the directory is writable."""
+    root = archive.parent
+
+    def location(name: str) -> str:
+        return f"{archive} (member {FOLDER_NAME}/{name})"
+
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}-", dir=root))
+    except OSError:  # read-only directory: read the members in memory instead
+        return _assemble(_archive_files(archive), location)
+    try:
+        try:
+            for name, raw in _archive_files(archive):
+                (staging / name).write_bytes(raw)
+        except OSError:  # writing failed (e.g. disk full); archive errors arrive as UserError
+            return _assemble(_archive_files(archive), location)
+        dataset = _assemble(_folder_files(staging), location)
+        staging.chmod(0o755)  # mkdtemp makes it private; the data itself is not secret
+        try:
+            staging.rename(root / FOLDER_NAME)
+        except OSError:  # e.g. another process published the folder first
+            pass
+        return dataset
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _archive_files(archive: Path) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(name, contents)`` for the CIFAR-10 files in the archive, in archive order."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                parts = PurePosixPath(member.name).parts
+                if member.isfile() and len(parts) == 2 and parts[0] == FOLDER_NAME and parts[1] in _FILES:
+                    raw = tar.extractfile(member).read()
+                    yield parts[1], raw
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise UserError(f"cannot read CIFAR-10 archive {archive} ({exc}); it is corrupt or truncated") from exc
+
+
+def _folder_files(folder: Path) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(name, contents)`` for the CIFAR-10 files present in `folder`."""
+    for name in _FILES:
+        try:
+            raw = (folder / name).read_bytes()
+        except FileNotFoundError:
+            continue  # reported by _assemble (or optional, for batches.meta)
+        except OSError as exc:
+            raise UserError(f"cannot read {folder / name}: {exc.strerror or exc}") from exc
+        yield name, raw
+
+
+def _assemble(files: Iterable[tuple[str, bytes]], location: Callable[[str], str]) -> CIFAR10:
+    """Validate the raw files and build the dataset; `location` names a file in error messages."""
+    batches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    class_names = list(CLASS_NAMES)
+    for name, raw in files:
+        content = _unpickle(raw, location(name))
+        if name == _META_FILE:
+            class_names = _class_names(content, location(name))
+        else:
+            batches[name] = _batch_arrays(content, location(name))
+    for name in (*_TRAIN_FILES, _TEST_FILE):
+        if name not in batches:
+            raise UserError(f"CIFAR-10 batch file {location(name)} is missing")
+    x_test, y_test = batches[_TEST_FILE]
+    return CIFAR10(
+        x_train=np.concatenate([batches[name][0] for name in _TRAIN_FILES]),
+        y_train=np.concatenate([batches[name][1] for name in _TRAIN_FILES]),
+        x_test=x_test,
+        y_test=y_test,
+        class_names=class_names,
+    )
+
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    try:
+        content = pickle.loads(raw, encoding="bytes")
+    except Exception as exc:  # a damaged pickle can fail in many different ways
+        raise UserError(f"{where} is not a readable CIFAR-10 pickle ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(content, dict):
+        raise UserError(f"{where} does not hold a dict (got {type(content).__name__})")
+    return content
+
+
+def _batch_arrays(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one batch dict and return its (uint8 data, int64 labels), C-contiguous."""
+    missing = [key for key in (b"data", b"labels") if key not in batch]
+    if missing:
+        raise UserError(f"{where} lacks the key(s) {', '.join(map(repr, missing))}")
+    x = batch[b"data"]
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != N_FEATURES:
+        desc = f"{x.shape} {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise UserError(f"{where}: b'data' must be a uint8 array of shape (n, {N_FEATURES}), got {desc}")
+    try:
+        y = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: b'labels' is not a list of integers ({exc})") from exc
+    if y.shape != (len(x),):
+        raise UserError(f"{where}: b'labels' has shape {y.shape} but b'data' has {len(x)} rows")
+    if y.size and (y.min() < 0 or y.max() >= len(CLASS_NAMES)):
+        raise UserError(f"{where}: labels must be in 0..{len(CLASS_NAMES) - 1}, found {y.min()}..{y.max()}")
+    return np.ascontiguousarray(x), y
+
+
+def _class_names(meta: dict, where: str) -> list[str]:
+    """Decode b'label_names' from batches.meta, or return the standard names if it is absent."""
+    names = meta.get(b"label_names")
+    if names is None:
+        return list(CLASS_NAMES)
+    try:
+        decoded = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except (TypeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{where}: b'label_names' is not a list of names ({exc})") from exc
+    if len(decoded) != len(CLASS_NAMES):
+        raise UserError(f"{where}: b'label_names' has {len(decoded)} names, expected {len(CLASS_NAMES)}")
+    return decoded

@@ -1,0 +1,31 @@
+"""Atomic file writes: a crash or a full disk never leaves a half-written model or metrics file."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_npz(path: Path, arrays: dict) -> None:
+    """np.savez `arrays` to `path` through a temporary file in the same directory."""
+    _atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def save_json(path: Path, obj) -> None:
+    """Write `obj` as indented JSON to `path` through a temporary file in the same directory."""
+    _atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))

@@ -1,0 +1,96 @@
+"""One training step of a fully connected net, as a sequence of kernel calls on preallocated buffers.
+
+The engine is either fastfcnn.kernels (Numba) or fastfcnn.reference (NumPy): both expose the same
+functions with the same arguments, so this file is the whole algorithm for both.
+"""
+import numpy as np
+
+F32 = np.float32
+
+
+class Workspace:
+    """Every buffer a forward/backward pass touches, allocated once for up to `capacity` rows.
+
+    rows(n) hands out views of the first n rows (built once per n and cached), so a run's short
+    last batch reuses the same memory and nothing is allocated inside the step loop.
+    """
+
+    def __init__(self, sizes, capacity: int):
+        self.sizes = list(sizes)
+        self.capacity = capacity
+        big = max(sizes)
+        self._xb = np.empty(capacity * sizes[0], np.uint8)
+        self._acts = [np.empty(capacity * s, F32) for s in sizes]        # acts[0]: normalised input
+        self._deltas = [np.empty(capacity * s, F32) for s in sizes]      # dL/d(pre-activation)
+        self._dyt = np.empty(capacity * big, F32)                        # transpose scratch
+        self._xt = np.empty(capacity * big, F32)
+        self._labels = np.empty(capacity, np.int64)
+        self._row_loss = np.empty(capacity, F32)
+        self.wt = [np.empty((i, o), F32) for i, o in zip(sizes[:-1], sizes[1:])]
+        self._views = {}
+
+    def rows(self, n: int) -> "Views":
+        if n not in self._views:
+            self._views[n] = Views(self, n)
+        return self._views[n]
+
+
+class Views:
+    """The Workspace's buffers shaped for a batch of n rows."""
+
+    def __init__(self, ws: Workspace, n: int):
+        if not 1 <= n <= ws.capacity:
+            raise ValueError(f"batch of {n} rows does not fit a workspace of {ws.capacity}")
+        sizes = ws.sizes
+        self.n = n
+        self.xb = ws._xb[: n * sizes[0]].reshape(n, sizes[0])
+        self.acts = [a[: n * s].reshape(n, s) for a, s in zip(ws._acts, sizes)]
+        self.deltas = [d[: n * s].reshape(n, s) for d, s in zip(ws._deltas, sizes)]
+        self.dyt = [ws._dyt[: n * s].reshape(s, n) for s in sizes[1:]]
+        self.xt = [ws._xt[: n * s].reshape(s, n) for s in sizes[:-1]]
+        self.labels = ws._labels[:n]
+        self.row_loss = ws._row_loss[:n]
+        self.wt = ws.wt
+
+
+def forward(E, model, x_norm, v: Views) -> np.ndarray:
+    """Logits (n, classes) for the uint8 batch in v.xb; x_norm = model.input_transform()."""
+    mean, inv_std = x_norm
+    last = len(model.weights) - 1
+    E.input_linear_forward(v.xb, mean, inv_std, model.weights[0], model.biases[0], last > 0,
+                           v.acts[0], v.acts[1])
+    for l in range(1, last + 1):
+        E.linear_forward(v.acts[l], model.weights[l], model.biases[l], l < last, v.acts[l + 1])
+    return v.acts[-1]
+
+
+def backward(E, model, v: Views, smoothing: float, grads_w, grads_b) -> float:
+    """Loss gradient and backprop for the batch forward() just ran; returns the summed row loss."""
+    last = len(model.weights) - 1
+    E.softmax_xent_grad(v.acts[-1], v.labels, smoothing, v.deltas[-1], v.row_loss)
+    for l in range(last, -1, -1):
+        E.linear_grad_params(v.deltas[l + 1], v.acts[l], grads_w[l], grads_b[l], v.dyt[l], v.xt[l])
+        if l > 0:
+            E.linear_grad_input(v.deltas[l + 1], model.weights[l], v.acts[l], v.deltas[l], v.wt[l])
+    return float(v.row_loss.sum(dtype=np.float64))
+
+
+def evaluate(E, model, x, y, idx=None, batch: int = 1000) -> tuple:
+    """(mean loss, accuracy) of `model` on the uint8 images x[idx] (all of x if idx is None)
+    with labels y[idx]."""
+    if idx is None:
+        idx = np.arange(len(y), dtype=np.int64)
+    n = len(idx)
+    ws = Workspace(model.sizes, min(batch, max(n, 1)))
+    x_norm = model.input_transform()
+    loss = 0.0
+    correct = 0
+    for s in range(0, n, ws.capacity):
+        v = ws.rows(min(ws.capacity, n - s))
+        E.gather_batch(x, idx[s : s + v.n], v.xb)
+        np.take(y, idx[s : s + v.n], out=v.labels)
+        logits = forward(E, model, x_norm, v)
+        E.softmax_xent_grad(logits, v.labels, 0.0, v.deltas[-1], v.row_loss)
+        loss += float(v.row_loss.sum(dtype=np.float64))
+        correct += E.count_correct(logits, v.labels)
+    return loss / max(n, 1), correct / max(n, 1)

@@ -1,0 +1,69 @@
+"""Pure-NumPy twins of every kernel in kernels/: same names, same arguments, same outputs.
+
+This module is the oracle the tests hold the Numba kernels to and the baseline the benchmarks
+measure them against. It favours the obvious NumPy expression over speed; workspace arguments
+the NumPy version does not need are accepted and left untouched.
+"""
+import numpy as np
+
+PLAIN, BIAS, BIAS_RELU, MASK = 0, 1, 2, 3
+
+
+def gemm_nt(a, b, out, bias, mask, mode):
+    np.matmul(a, b.T, out=out)
+    if mode == MASK:
+        out *= mask > 0
+    elif mode in (BIAS, BIAS_RELU):
+        out += bias
+        if mode == BIAS_RELU:
+            np.maximum(out, 0, out=out)
+
+
+def transpose(src, dst):
+    dst[...] = src.T
+
+
+def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out):
+    np.subtract(xb, mean, out=x, dtype=np.float32)
+    x *= inv_std
+    linear_forward(x, w, b, relu, out)
+
+
+def linear_forward(x, w, b, relu, out):
+    gemm_nt(x, w, out, b, out, BIAS_RELU if relu else BIAS)
+
+
+def linear_grad_params(dy, x, dw, db, dyt, xt):
+    np.matmul(dy.T, x, out=dw)
+    np.sum(dy, axis=0, out=db)
+
+
+def linear_grad_input(dy, w, x, dx, wt):
+    np.matmul(dy, w, out=dx)
+    dx *= x > 0
+
+
+def softmax_xent_grad(logits, labels, smoothing, dlogits, row_loss):
+    n, c = logits.shape
+    log_p = logits - logits.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    target = np.full((n, c), np.float32(smoothing) / c, dtype=np.float32)
+    target[np.arange(n), labels] += np.float32(1 - smoothing)
+    np.multiply(np.exp(log_p) - target, np.float32(1 / n), out=dlogits)
+    np.sum(-target * log_p, axis=1, out=row_loss)
+
+
+def count_correct(logits, labels):
+    return int(np.count_nonzero(np.argmax(logits, axis=1) == labels))
+
+
+def sgd_momentum_update(param, grad, velocity, lr, momentum, weight_decay, nesterov):
+    lr, momentum, weight_decay = np.float32(lr), np.float32(momentum), np.float32(weight_decay)
+    g = grad + weight_decay * param
+    velocity *= momentum
+    velocity += g
+    param -= lr * (g + momentum * velocity if nesterov else velocity)
+
+
+def gather_batch(x, idx, out):
+    np.take(x, idx, axis=0, out=out)

@@ -1,0 +1,50 @@
+"""Softmax + cross-entropy: loss and gradient in one numerically stable pass."""
+import numpy as np
+from numba import prange
+
+from .config import kernel
+
+
+@kernel
+def softmax_xent_grad(logits, labels, smoothing, dlogits, row_loss):
+    """logits (B,C) float32, labels (B,) int64, smoothing in [0,1).
+
+    Writes dlogits (B,C) = (softmax(logits) - target) / B, the gradient of the batch-mean loss,
+    and row_loss (B,) = -sum(target * log softmax(logits)), where target puts 1 - smoothing on the
+    label and spreads smoothing evenly over all C classes.
+    """
+    n, c = logits.shape
+    inv_n = np.float32(1) / np.float32(n)
+    off = np.float32(smoothing) / np.float32(c)
+    on = np.float32(1) - np.float32(smoothing) + off
+    for i in prange(n):
+        row = logits[i]
+        m = row[0]
+        for j in range(1, c):
+            m = max(m, row[j])
+        z = np.float32(0)
+        for j in range(c):
+            z += np.exp(row[j] - m)
+        log_z = np.log(z) + m
+        loss = np.float32(0)
+        for j in range(c):
+            log_p = row[j] - log_z
+            t = on if j == labels[i] else off
+            dlogits[i, j] = (np.exp(log_p) - t) * inv_n
+            loss -= t * log_p
+        row_loss[i] = loss
+
+
+@kernel
+def count_correct(logits, labels):
+    """Number of rows of logits (B,C) whose argmax (first on ties) equals labels (B,)."""
+    n, c = logits.shape
+    correct = 0
+    for i in prange(n):
+        best = 0
+        for j in range(1, c):
+            if logits[i, j] > logits[i, best]:
+                best = j
+        if best == labels[i]:
+            correct += 1
+    return correct

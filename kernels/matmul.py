@@ -1,0 +1,105 @@
+"""The one matrix product every layer uses, plus the transpose that feeds it.
+
+`gemm_nt` computes out = a @ b.T: both operands are read along their rows, so each output element
+is a contiguous dot product that LLVM vectorises into packed FMAs (fastmath lets it reassociate).
+A 4x4 register tile reuses every loaded vector four times. Parallel over output tiles: every
+element of `out` is written by exactly one prange iteration, so results are race-free and
+identical run to run.
+"""
+import numpy as np
+from numba import prange
+
+from .config import kernel, serial_kernel
+
+TILE = 4
+
+
+# What gemm_nt does to each raw dot product before it is stored.
+PLAIN = 0      # out = a @ b.T
+BIAS = 1       # out = a @ b.T + bias
+BIAS_RELU = 2  # out = max(a @ b.T + bias, 0)
+MASK = 3       # out = (a @ b.T) * (mask > 0): the ReLU derivative of the layer input
+
+
+@serial_kernel
+def _epilogue(out, i0, i1, j0, j1, bias, mask, mode):
+    if mode == PLAIN:
+        return
+    for i in range(i0, i1):
+        for j in range(j0, j1):
+            v = out[i, j]
+            if mode == MASK:
+                if mask[i, j] <= 0:
+                    v = np.float32(0)
+            else:
+                v += bias[j]
+                if mode == BIAS_RELU and v < 0:
+                    v = np.float32(0)
+            out[i, j] = v
+
+
+@serial_kernel
+def _tile4x4(a, b, out, i0, j0):
+    a0 = a[i0]; a1 = a[i0 + 1]; a2 = a[i0 + 2]; a3 = a[i0 + 3]
+    b0 = b[j0]; b1 = b[j0 + 1]; b2 = b[j0 + 2]; b3 = b[j0 + 3]
+    z = np.float32(0)
+    s00 = z; s01 = z; s02 = z; s03 = z
+    s10 = z; s11 = z; s12 = z; s13 = z
+    s20 = z; s21 = z; s22 = z; s23 = z
+    s30 = z; s31 = z; s32 = z; s33 = z
+    for k in range(a.shape[1]):
+        x0 = a0[k]; x1 = a1[k]; x2 = a2[k]; x3 = a3[k]
+        y0 = b0[k]; y1 = b1[k]; y2 = b2[k]; y3 = b3[k]
+        s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3
+        s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3
+        s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3
+        s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3
+    out[i0, j0] = s00; out[i0, j0 + 1] = s01; out[i0, j0 + 2] = s02; out[i0, j0 + 3] = s03
+    out[i0 + 1, j0] = s10; out[i0 + 1, j0 + 1] = s11; out[i0 + 1, j0 + 2] = s12; out[i0 + 1, j0 + 3] = s13
+    out[i0 + 2, j0] = s20; out[i0 + 2, j0 + 1] = s21; out[i0 + 2, j0 + 2] = s22; out[i0 + 2, j0 + 3] = s23
+    out[i0 + 3, j0] = s30; out[i0 + 3, j0 + 1] = s31; out[i0 + 3, j0 + 2] = s32; out[i0 + 3, j0 + 3] = s33
+
+
+@serial_kernel
+def _tile_edge(a, b, out, i0, i1, j0, j1):
+    for i in range(i0, i1):
+        for j in range(j0, j1):
+            s = np.float32(0)
+            for k in range(a.shape[1]):
+                s += a[i, k] * b[j, k]
+            out[i, j] = s
+
+
+@kernel
+def gemm_nt(a, b, out, bias, mask, mode):
+    """out = epilogue(a @ b.T); a (M,K), b (N,K), out (M,N), bias (N,), mask (M,N), all float32.
+
+    `mode` is PLAIN, BIAS, BIAS_RELU or MASK; bias and mask are only read by the modes that
+    name them (pass any array of the right rank otherwise).
+    """
+    m, n = out.shape
+    mt = (m + TILE - 1) // TILE
+    nt = (n + TILE - 1) // TILE
+    for t in prange(mt * nt):
+        i0 = (t // nt) * TILE
+        j0 = (t % nt) * TILE
+        i1 = min(i0 + TILE, m)
+        j1 = min(j0 + TILE, n)
+        if i1 - i0 == TILE and j1 - j0 == TILE:
+            _tile4x4(a, b, out, i0, j0)
+        else:
+            _tile_edge(a, b, out, i0, i1, j0, j1)
+        _epilogue(out, i0, i1, j0, j1, bias, mask, mode)
+
+
+@kernel
+def transpose(src, dst):
+    """dst = src.T; src (M,N), dst (N,M). Parallel over 32-row blocks of dst."""
+    m, n = src.shape
+    nb = (n + 31) // 32
+    for jb in prange(nb):
+        j0 = jb * 32
+        j1 = min(j0 + 32, n)
+        for i in range(m):
+            for j in range(j0, j1):
+                dst[j, i] = src[i, j]

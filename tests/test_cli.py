@@ -1,0 +1,169 @@
+"""End to end through the `fastfcnn` command on tiny synthetic data in the official layout."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from cifar_fixture import make_synthetic, write_cifar10
+from typer.testing import CliRunner
+
+from fastfcnn.cli import app
+from fastfcnn.model import init_model, save_model
+
+runner = CliRunner()
+TRAIN = ["--hidden", "32", "--epochs", "4", "--batch-size", "32", "--val-size", "60", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_synthetic(600, 200, seed=1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, synthetic):
+    root = tmp_path_factory.mktemp("cifar_dir")
+    write_cifar10(root, *synthetic)
+    return root
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.mark.parametrize("layout", ["folder", "tarball"])
+def test_train_then_evaluate_reproduces_test_accuracy(tmp_path, synthetic, layout):
+    root = tmp_path / "data"
+    write_cifar10(root, *synthetic, tarball=layout == "tarball")
+    out = tmp_path / "run"
+    result = run("train", "--data-dir", root, "--out", out, *TRAIN)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.npz"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.9
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"):
+        assert all(isinstance(r[key], float) for r in metrics["history"]), key
+    assert metrics["config"]["hidden"] == [32]
+    assert set(metrics["versions"]) >= {"fastfcnn", "numpy", "numba"}
+    assert metrics["threads"] >= 1
+
+    result = run("evaluate", out / "model.npz", "--data-dir", root, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_train_prints_epoch_lines_and_test_accuracy(tmp_path, data_dir):
+    result = run("train", "--data-dir", data_dir, "--out", tmp_path / "r", *TRAIN[:-1])
+    assert result.exit_code == 0, result.output
+    lines = [l for l in result.output.splitlines() if l.startswith("epoch ")]
+    assert len(lines) == 4 and "val acc" in lines[0] and "train loss" in lines[0]
+    assert "test accuracy" in result.output
+
+
+def test_numpy_engine_trains_the_same_net(tmp_path, data_dir):
+    accs = []
+    for engine in ("numba", "numpy"):
+        out = tmp_path / engine
+        assert run("train", "--data-dir", data_dir, "--out", out, "--engine", engine, *TRAIN).exit_code == 0
+        accs.append(json.loads((out / "metrics.json").read_text())["test_accuracy"])
+    assert accs[0] == pytest.approx(accs[1], abs=0.02)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--hidden", "64,x"], "--hidden must be a comma-separated list"),
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--lr-schedule", "linear"], "--lr-schedule must be one of"),
+    (["--engine", "torch"], "--engine must be one of"),
+    (["--val-size", "600"], "--val-size must be in [0, 600)"),
+    (["--threads", "999"], "--threads must be between 1 and"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+])
+def test_bad_options(tmp_path, data_dir, args, message):
+    out = tmp_path / "run"
+    result = run("train", "--data-dir", data_dir, "--out", out, *args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert not out.exists()
+
+
+def test_missing_data_offline(tmp_path):
+    result = run("train", "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "r", "--no-download")
+    assert result.exit_code == 1
+    assert str(tmp_path / "nowhere") in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_corrupt_archive(tmp_path, synthetic):
+    root = tmp_path / "data"
+    archive = write_cifar10(root, *synthetic, tarball=True)
+    archive = archive if archive.is_file() else root / "cifar-10-python.tar.gz"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    result = run("train", "--data-dir", root, "--out", tmp_path / "r", "--no-download")
+    assert result.exit_code == 1
+    assert "cifar-10-python.tar.gz" in result.output
+    assert not (tmp_path / "r").exists()
+    assert not (root / "cifar-10-batches-py").exists()
+
+
+def test_truncated_batch(tmp_path, synthetic):
+    root = tmp_path / "data"
+    write_cifar10(root, *synthetic)
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    result = run("evaluate", tmp_path / "m.npz", "--data-dir", root)  # missing model first
+    assert result.exit_code == 1 and "model file not found" in result.output
+    result = run("train", "--data-dir", root, "--out", tmp_path / "r", "--no-download")
+    assert result.exit_code == 1
+    assert "data_batch_3" in result.output
+
+
+def test_out_dir_not_writable(tmp_path, data_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run("train", "--data-dir", data_dir, "--out", blocker / "run", *TRAIN)
+    assert result.exit_code == 1
+    assert "cannot write to output directory" in result.output
+
+
+def test_divergence_leaves_nothing(tmp_path, data_dir):
+    out = tmp_path / "run"
+    result = run("train", "--data-dir", data_dir, "--out", out, "--lr", "1e6", "--warmup-epochs", "0", *TRAIN)
+    assert result.exit_code == 1
+    assert "diverged" in result.output and "lower --lr" in result.output
+    assert not (out / "model.npz").exists() and not (out / "metrics.json").exists()
+
+
+def test_evaluate_shape_mismatch(tmp_path, data_dir):
+    model = init_model([12, 10], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [str(i) for i in range(10)],
+                       np.random.default_rng(0))
+    save_model(tmp_path / "small.npz", model)
+    result = run("evaluate", tmp_path / "small.npz", "--data-dir", data_dir)
+    assert result.exit_code == 1
+    assert "the model takes 12 inputs but the data has 3072" in result.output
+
+
+def test_evaluate_corrupt_model(tmp_path, data_dir):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file at all")
+    result = run("evaluate", bad, "--data-dir", data_dir)
+    assert result.exit_code == 1
+    assert "not a readable fastfcnn model" in result.output
+
+
+def test_installed_command_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastfcnn.cli", "evaluate", str(tmp_path / "none.npz")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: model file not found")
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_lists_every_option():
+    result = run("train", "--help")
+    for option in ("--hidden", "--epochs", "--batch-size", "--lr", "--momentum", "--weight-decay",
+                   "--lr-schedule", "--warmup-epochs", "--engine", "--threads", "--seed", "--val-size",
+                   "--out", "--quiet", "--data-dir"):
+        assert option in result.output

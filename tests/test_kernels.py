@@ -1,0 +1,193 @@
+"""Every Numba kernel against its NumPy twin in fastfcnn.reference, on awkward shapes."""
+import inspect
+
+import numpy as np
+import pytest
+
+from fastfcnn import kernels as K
+from fastfcnn import reference as R
+
+RTOL = 1e-4
+BATCHES = [1, 7, 129]
+WIDTHS = [1, 10, 33, 3072]
+
+
+def close(a, b, rtol=RTOL):
+    """Max abs error relative to the largest reference magnitude (robust to entries near 0)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype
+    scale = max(float(np.abs(b).max()), 1e-30) if b.size else 1.0
+    err = float(np.abs(a.astype(np.float64) - b).max()) / scale if b.size else 0.0
+    assert err <= rtol, f"relative error {err:.2e} > {rtol:.0e}"
+
+
+def randn(rng, *shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def both(name, *args, outputs):
+    """Run kernel and reference on private copies of args; return the outputs of each."""
+    results = []
+    for impl in (K, R):
+        a = [x.copy() if isinstance(x, np.ndarray) else x for x in args]
+        ret = getattr(impl, name)(*a)
+        results.append(([a[i] for i in outputs], ret))
+    return results
+
+
+def test_same_functions_and_signatures():
+    assert sorted(K.__all__) == sorted(n for n in K.__all__ if hasattr(R, n))
+    for name in K.__all__:
+        kernel_sig = inspect.signature(getattr(K, name).py_func)
+        assert kernel_sig == inspect.signature(getattr(R, name)), name
+
+
+@pytest.mark.parametrize("mode", [R.PLAIN, R.BIAS, R.BIAS_RELU, R.MASK])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 10), (5, 3, 9), (129, 70, 33), (4, 8, 4)])
+def test_gemm_nt(m, k, n, mode):
+    rng = np.random.default_rng(m * 100 + k + n)
+    a, b, bias, mask = randn(rng, m, k), randn(rng, n, k), randn(rng, n), randn(rng, m, n)
+    (k_out,), _ = both("gemm_nt", a, b, np.zeros((m, n), np.float32), bias, mask, mode, outputs=[2])[0]
+    (r_out,), _ = both("gemm_nt", a, b, np.zeros((m, n), np.float32), bias, mask, mode, outputs=[2])[1]
+    close(k_out, r_out)
+    if mode == R.BIAS_RELU:
+        assert (k_out >= 0).all() and (k_out == 0).any() == (r_out == 0).any()
+
+
+@pytest.mark.parametrize("m,n", [(1, 1), (7, 33), (129, 3072), (40, 65)])
+def test_transpose(m, n):
+    src = np.arange(m * n, dtype=np.float32).reshape(m, n)
+    dst = np.empty((n, m), np.float32)
+    K.transpose(src, dst)
+    np.testing.assert_array_equal(dst, src.T)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("d,h", [(3072, 33), (33, 10), (10, 1), (1, 33)])
+@pytest.mark.parametrize("relu", [True, False])
+def test_input_linear_forward(batch, d, h, relu):
+    rng = np.random.default_rng(batch + d + h)
+    xb = rng.integers(0, 256, (batch, d), dtype=np.uint8)
+    mean = rng.uniform(50, 200, d).astype(np.float32)
+    inv_std = (1 / rng.uniform(30, 80, d)).astype(np.float32)
+    w, b = randn(rng, h, d) * np.float32(0.05), randn(rng, h)
+    args = (xb, mean, inv_std, w, b, relu, np.zeros((batch, d), np.float32), np.zeros((batch, h), np.float32))
+    (kx, ko), _ = both("input_linear_forward", *args, outputs=[6, 7])[0]
+    (rx, ro), _ = both("input_linear_forward", *args, outputs=[6, 7])[1]
+    close(kx, rx)
+    close(ko, ro)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("d,h", [(33, 10), (3072, 1), (1, 33), (10, 3072)])
+@pytest.mark.parametrize("relu", [True, False])
+def test_linear_forward(batch, d, h, relu):
+    rng = np.random.default_rng(batch * d + h)
+    args = (randn(rng, batch, d), randn(rng, h, d), randn(rng, h), relu, np.zeros((batch, h), np.float32))
+    (k_out,), _ = both("linear_forward", *args, outputs=[4])[0]
+    (r_out,), _ = both("linear_forward", *args, outputs=[4])[1]
+    close(k_out, r_out)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("d,h", [(3072, 33), (33, 10), (10, 1), (1, 33)])
+def test_linear_grad_params(batch, d, h):
+    rng = np.random.default_rng(batch + 3 * d + h)
+    dy, x = randn(rng, batch, h), np.maximum(randn(rng, batch, d), 0)
+    args = (dy, x, np.zeros((h, d), np.float32), np.zeros(h, np.float32),
+            np.zeros((h, batch), np.float32), np.zeros((d, batch), np.float32))
+    (kw, kb), _ = both("linear_grad_params", *args, outputs=[2, 3])[0]
+    (rw, rb), _ = both("linear_grad_params", *args, outputs=[2, 3])[1]
+    close(kw, rw)
+    close(kb, rb)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("d,h", [(3072, 33), (33, 10), (10, 1), (1, 33)])
+def test_linear_grad_input(batch, d, h):
+    rng = np.random.default_rng(batch + d + 5 * h)
+    x = np.maximum(randn(rng, batch, d), 0)   # a ReLU output: about half the entries are 0
+    args = (randn(rng, batch, h), randn(rng, h, d), x, np.full((batch, d), 7, np.float32),
+            np.zeros((d, h), np.float32))
+    (k_dx,), _ = both("linear_grad_input", *args, outputs=[3])[0]
+    (r_dx,), _ = both("linear_grad_input", *args, outputs=[3])[1]
+    close(k_dx, r_dx)
+    assert (k_dx[x == 0] == 0).all()
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("classes", [1, 10, 33])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_softmax_xent_grad(batch, classes, smoothing):
+    rng = np.random.default_rng(batch + classes)
+    logits = randn(rng, batch, classes) * np.float32(5)
+    logits[0, 0] = 80.0  # exp(80) overflows float32: only a max-shifted softmax survives it
+    labels = rng.integers(0, classes, batch).astype(np.int64)
+    args = (logits, labels, smoothing, np.zeros((batch, classes), np.float32), np.zeros(batch, np.float32))
+    (k_d, k_loss), _ = both("softmax_xent_grad", *args, outputs=[3, 4])[0]
+    (r_d, r_loss), _ = both("softmax_xent_grad", *args, outputs=[3, 4])[1]
+    assert np.isfinite(k_d).all() and np.isfinite(k_loss).all()
+    close(k_d, r_d)
+    close(k_loss, r_loss)
+    # each row of the gradient sums to zero: softmax and target both sum to one
+    np.testing.assert_allclose(k_d.sum(axis=1), 0, atol=1e-6)
+
+
+def test_softmax_xent_known_value():
+    logits = np.zeros((2, 4), np.float32)
+    labels = np.array([0, 3], np.int64)
+    d, loss = np.zeros((2, 4), np.float32), np.zeros(2, np.float32)
+    K.softmax_xent_grad(logits, labels, 0.0, d, loss)
+    np.testing.assert_allclose(loss, np.log(4), rtol=1e-6)
+    np.testing.assert_allclose(d[0], np.array([-0.75, 0.25, 0.25, 0.25]) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_count_correct(batch):
+    rng = np.random.default_rng(batch)
+    logits = randn(rng, batch, 10)
+    labels = rng.integers(0, 10, batch).astype(np.int64)
+    labels[0] = np.argmax(logits[0])
+    expected = int((logits.argmax(1) == labels).sum())
+    assert K.count_correct(logits, labels) == R.count_correct(logits, labels) == expected >= 1
+
+
+@pytest.mark.parametrize("shape", [(1,), (33,), (10, 3072), (7, 1)])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum_update(shape, nesterov):
+    rng = np.random.default_rng(len(shape))
+    args = (randn(rng, *shape), randn(rng, *shape), randn(rng, *shape),
+            np.float32(0.05), np.float32(0.9), np.float32(5e-4), nesterov)
+    (kp, kv), _ = both("sgd_momentum_update", *args, outputs=[0, 2])[0]
+    (rp, rv), _ = both("sgd_momentum_update", *args, outputs=[0, 2])[1]
+    close(kp, rp)
+    close(kv, rv)
+    p, g, v = (a.astype(np.float64) for a in args[:3])
+    g = g + 5e-4 * p
+    v = 0.9 * v + g
+    expected = p - 0.05 * (g + 0.9 * v if nesterov else v)
+    np.testing.assert_allclose(kp, expected, rtol=1e-5, atol=1e-6)
+    assert kp.dtype == np.float32
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_gather_batch(batch):
+    rng = np.random.default_rng(batch)
+    x = rng.integers(0, 256, (300, 3072), dtype=np.uint8)
+    idx = rng.integers(0, 300, batch).astype(np.int64)
+    out_k, out_r = np.zeros((batch, 3072), np.uint8), np.zeros((batch, 3072), np.uint8)
+    K.gather_batch(x, idx, out_k)
+    R.gather_batch(x, idx, out_r)
+    np.testing.assert_array_equal(out_k, x[idx])
+    np.testing.assert_array_equal(out_r, x[idx])
+
+
+def test_kernels_are_deterministic():
+    rng = np.random.default_rng(7)
+    a, b = randn(rng, 129, 3072), randn(rng, 33, 3072)
+    outs = []
+    for _ in range(3):
+        out = np.empty((129, 33), np.float32)
+        K.gemm_nt(a, b, out, b[0], out, R.PLAIN)
+        outs.append(out)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
