@@ -1,0 +1,124 @@
+"""Setup shared by `fastfcnn bench` and the asv suite: the nets, synthetic data, and the pieces of
+one training step as separately timeable callables."""
+import numpy as np
+
+from fastfcnn import network
+from fastfcnn.data import CIFAR10
+from fastfcnn.train import TrainConfig, Trainer
+
+NETS = {
+    "seed": {"hidden": [64, 64], "batch_size": 128},
+    "wide": {"hidden": [1024, 1024], "batch_size": 256},
+}
+ENGINES = ("numba", "numpy")
+N_TRAIN = 50_000
+FEATURES = 3072
+CLASSES = 10
+
+
+def synthetic_cifar(n_train: int = N_TRAIN, n_test: int = 1000, seed: int = 0) -> CIFAR10:
+    """Random uint8 images and labels shaped like CIFAR-10 (no download; timing only)."""
+    rng = np.random.default_rng(seed)
+    return CIFAR10(rng.integers(0, 256, (n_train, FEATURES), dtype=np.uint8),
+                   rng.integers(0, CLASSES, n_train).astype(np.int64),
+                   rng.integers(0, 256, (n_test, FEATURES), dtype=np.uint8),
+                   rng.integers(0, CLASSES, n_test).astype(np.int64),
+                   [f"class{i}" for i in range(CLASSES)])
+
+
+def make_trainer(net: str, engine: str, data: CIFAR10, epochs: int = 1, seed: int = 0) -> Trainer:
+    """A Trainer for one of NETS on `data`, ready for step() (no validation split)."""
+    cfg = TrainConfig(engine=engine, epochs=epochs, seed=seed, val_size=0, warmup_epochs=0,
+                      lr=0.01, **NETS[net])
+    trainer = Trainer(cfg, data)
+    trainer.x_norm = trainer.model.input_transform()
+    return trainer
+
+
+def train_epoch(trainer: Trainer, lr: float = 0.01) -> None:
+    """One pass over the training split, exactly as Trainer.run does it (no validation)."""
+    order = trainer.rng.permutation(trainer.train_idx)
+    b = trainer.ws.capacity
+    for s in range(trainer.steps_per_epoch):
+        trainer.step(order[s * b:(s + 1) * b], lr)
+
+
+def layer_shapes(trainer: Trainer) -> list:
+    """(batch, fan_in, fan_out) of every layer."""
+    sizes, b = trainer.model.sizes, trainer.ws.capacity
+    return [(b, i, o) for i, o in zip(sizes[:-1], sizes[1:])]
+
+
+def step_phases(trainer: Trainer) -> dict:
+    """name -> (callable running that part of one full-batch step, FLOPs it performs).
+
+    The callables run on the trainer's own workspace, on a fixed batch, in the order a step runs
+    them, so each one sees realistic inputs (call them in dict order once before timing).
+    """
+    E, m, v = trainer.E, trainer.model, trainer.ws.rows(trainer.ws.capacity)
+    idx = trainer.train_idx[: v.n].copy()
+    gw, gb = trainer.grads_w, trainer.grads_b
+    last = len(m.weights) - 1
+    phases = {}
+
+    def gather():
+        E.gather_batch(trainer.data.x_train, idx, v.xb)
+        np.take(trainer.data.y_train, idx, out=v.labels)
+    phases["gather"] = (gather, 0)
+
+    mean, inv_std = trainer.x_norm
+    for l, (b, fan_in, fan_out) in enumerate(layer_shapes(trainer)):
+        if l == 0:
+            def fwd():
+                E.input_linear_forward(v.xb, mean, inv_std, m.weights[0], m.biases[0], last > 0,
+                                       v.acts[0], v.acts[1])
+        else:
+            def fwd(l=l):
+                E.linear_forward(v.acts[l], m.weights[l], m.biases[l], l < last, v.acts[l + 1])
+        phases[f"forward[{l}] {fan_in}x{fan_out}"] = (fwd, 2 * b * fan_in * fan_out)
+
+    def loss_grad():
+        E.softmax_xent_grad(v.acts[-1], v.labels, 0.0, v.deltas[-1], v.row_loss)
+    phases["softmax_xent_grad"] = (loss_grad, 0)
+
+    for l in range(last, -1, -1):
+        b, fan_in, fan_out = layer_shapes(trainer)[l]
+
+        def bwd(l=l):
+            E.linear_grad_params(v.deltas[l + 1], v.acts[l], gw[l], gb[l], v.dyt[l], v.xt[l])
+            if l > 0:
+                E.linear_grad_input(v.deltas[l + 1], m.weights[l], v.acts[l], v.deltas[l], v.wt[l])
+        phases[f"backward[{l}] {fan_in}x{fan_out}"] = (bwd, 2 * b * fan_in * fan_out * (2 if l > 0 else 1))
+
+    def update():
+        zero = np.float32(0)
+        for p, g, vel in zip(m.weights + m.biases, gw + gb, trainer.vel_w + trainer.vel_b):
+            E.sgd_momentum_update(p, g, vel, np.float32(1e-6), np.float32(0.9), zero, False)
+    phases["sgd_momentum_update"] = (update, 0)
+    return phases
+
+
+def sgemm_phases(trainer: Trainer) -> dict:
+    """The matrix products of one step done by np.matmul (OpenBLAS sgemm) on the same shapes:
+    the practical peak the kernels are measured against. name -> (callable, FLOPs)."""
+    rng = np.random.default_rng(0)
+    phases = {}
+    for l, (b, fan_in, fan_out) in enumerate(layer_shapes(trainer)):
+        x = rng.standard_normal((b, fan_in), dtype=np.float32)
+        w = rng.standard_normal((fan_out, fan_in), dtype=np.float32)
+        dy = rng.standard_normal((b, fan_out), dtype=np.float32)
+        y, dw, dx = np.empty((b, fan_out), np.float32), np.empty_like(w), np.empty_like(x)
+
+        def products(x=x, w=w, dy=dy, y=y, dw=dw, dx=dx, l=l):
+            np.matmul(x, w.T, out=y)
+            np.matmul(dy.T, x, out=dw)
+            if l > 0:
+                np.matmul(dy, w, out=dx)
+        phases[f"layer[{l}] {fan_in}x{fan_out}"] = (products, 2 * b * fan_in * fan_out * (3 if l > 0 else 2))
+    return phases
+
+
+def epoch_flops(trainer: Trainer) -> int:
+    """Matrix-product FLOPs of one epoch (forward, dW, and dX for all but the first layer)."""
+    n = len(trainer.train_idx)
+    return sum(2 * n * i * o * (3 if l > 0 else 2) for l, (_, i, o) in enumerate(layer_shapes(trainer)))
