@@ -67,3 +67,38 @@ def sgd_momentum_update(param, grad, velocity, lr, momentum, weight_decay, neste
 
 def gather_batch(x, idx, out):
     np.take(x, idx, axis=0, out=out)
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step):
+    f = np.float32
+    if decoupled:
+        param *= f(1) - f(lr) * f(weight_decay)
+        g = grad
+    else:
+        g = grad + f(weight_decay) * param
+    m *= f(beta1)
+    m += (f(1) - f(beta1)) * g
+    v *= f(beta2)
+    v += (f(1) - f(beta2)) * g * g
+    m_hat = m / f(1 - beta1 ** step)
+    v_hat = v / f(1 - beta2 ** step)
+    param -= f(lr) * m_hat / (np.sqrt(v_hat) + f(eps))
+
+
+def dropout(x, u, p):
+    x *= (u >= np.float32(p)) * (np.float32(1) / (np.float32(1) - np.float32(p)))
+
+
+PAD_ZERO, PAD_REFLECT = 0, 1
+
+
+def gather_augment(x, idx, shift_y, shift_x, flip, pad_mode, out):
+    n = len(idx)
+    side = int(np.sqrt(x.shape[1] // 3))
+    for i in range(n):
+        img = x[idx[i]].reshape(3, side, side)
+        p = max(abs(int(shift_y[i])), abs(int(shift_x[i])))
+        padded = np.pad(img, ((0, 0), (p, p), (p, p)), mode="reflect" if pad_mode == PAD_REFLECT else "constant")
+        y0, x0 = p + shift_y[i], p + shift_x[i]
+        crop = padded[:, y0 : y0 + side, x0 : x0 + side]
+        out[i] = (crop[:, :, ::-1] if flip[i] else crop).reshape(-1)

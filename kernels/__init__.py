@@ -1,12 +1,14 @@
 """Hand-written parallel Numba kernels; fastfcnn/reference.py holds the NumPy twin of each."""
-from .gather import gather_batch
+from .dropout import dropout
+from .gather import PAD_REFLECT, PAD_ZERO, gather_augment, gather_batch
 from .linear import input_linear_forward, linear_forward, linear_grad_input, linear_grad_params
 from .loss import count_correct, softmax_xent_grad
 from .matmul import gemm_nt, transpose
-from .optim import sgd_momentum_update
+from .optim import adam_update, sgd_momentum_update
 
 __all__ = [
     "gather_batch",
+    "gather_augment",
     "input_linear_forward",
     "linear_forward",
     "linear_grad_params",
@@ -14,6 +16,8 @@ __all__ = [
     "softmax_xent_grad",
     "count_correct",
     "sgd_momentum_update",
+    "adam_update",
+    "dropout",
     "gemm_nt",
     "transpose",
 ]

@@ -191,3 +191,119 @@ def test_kernels_are_deterministic():
         K.gemm_nt(a, b, out, b[0], out, R.PLAIN)
         outs.append(out)
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+@pytest.mark.parametrize("shape", [(1,), (33,), (10, 3072), (7, 1)])
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("step", [1, 2, 1000])
+def test_adam_update(shape, decoupled, step):
+    rng = np.random.default_rng(len(shape) + step)
+    m0, v0 = randn(rng, *shape) * np.float32(0.1), np.abs(randn(rng, *shape)) * np.float32(0.01)
+    args = (randn(rng, *shape), randn(rng, *shape), m0, v0, np.float32(1e-3), np.float32(0.9),
+            np.float32(0.999), np.float32(1e-8), np.float32(0.05), decoupled, step)
+    (kp, km, kv), _ = both("adam_update", *args, outputs=[0, 2, 3])[0]
+    (rp, rm, rv), _ = both("adam_update", *args, outputs=[0, 2, 3])[1]
+    close(kp, rp)
+    close(km, rm)
+    close(kv, rv)
+    p, g, m, v = (a.astype(np.float64) for a in args[:4])
+    if decoupled:
+        p = p * (1 - 1e-3 * 0.05)
+    else:
+        g = g + 0.05 * p
+    m = 0.9 * m + 0.1 * g
+    v = 0.999 * v + 0.001 * g * g
+    expected = p - 1e-3 * (m / (1 - 0.9 ** step)) / (np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
+    np.testing.assert_allclose(kp, expected, rtol=1e-5, atol=1e-6)
+    assert kp.dtype == np.float32
+
+
+def test_adam_first_step_moves_every_weight_by_lr():
+    """With bias correction the first update is lr * sign(grad) (up to eps), whatever |grad| is."""
+    rng = np.random.default_rng(0)
+    p, g = randn(rng, 5, 7), randn(rng, 5, 7)
+    before = p.copy()
+    K.adam_update(p, g, np.zeros_like(p), np.zeros_like(p), np.float32(0.01), np.float32(0.9),
+                  np.float32(0.999), np.float32(1e-8), np.float32(0), False, 1)
+    np.testing.assert_allclose(before - p, 0.01 * np.sign(g), rtol=1e-4)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("h", [1, 10, 33])
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.9])
+def test_dropout(batch, h, p):
+    rng = np.random.default_rng(batch + h)
+    x, u = randn(rng, batch, h), rng.random((batch, h), dtype=np.float32)
+    (kx,), _ = both("dropout", x, u, p, outputs=[0])[0]
+    (rx,), _ = both("dropout", x, u, p, outputs=[0])[1]
+    close(kx, rx)
+    np.testing.assert_allclose(kx, np.where(u >= p, x / (1 - p), 0), rtol=1e-6)
+
+
+def augment_inputs(rng, batch, pad):
+    x = rng.integers(0, 256, (50, 3072), dtype=np.uint8)
+    idx = rng.integers(0, 50, batch).astype(np.int64)
+    sy = rng.integers(-pad, pad + 1, batch).astype(np.int64)
+    sx = rng.integers(-pad, pad + 1, batch).astype(np.int64)
+    flip = rng.random(batch) < 0.5
+    return x, idx, sy, sx, flip
+
+
+def images(a):
+    return a.reshape(len(a), 3, 32, 32)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("pad_mode", [K.PAD_ZERO, K.PAD_REFLECT])
+@pytest.mark.parametrize("pad", [0, 1, 4, 31])
+def test_gather_augment_matches_reference(batch, pad_mode, pad):
+    rng = np.random.default_rng(batch + pad)
+    x, idx, sy, sx, flip = augment_inputs(rng, batch, pad)
+    outs = []
+    for impl in (K, R):
+        out = np.zeros((batch, 3072), np.uint8)
+        impl.gather_augment(x, idx, sy, sx, flip, pad_mode, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_gather_augment_identity_and_flip_twice():
+    rng = np.random.default_rng(1)
+    x, idx, _, _, _ = augment_inputs(rng, 7, 0)
+    zero = np.zeros(7, np.int64)
+    out = np.zeros((7, 3072), np.uint8)
+    K.gather_augment(x, idx, zero, zero, np.zeros(7, bool), K.PAD_ZERO, out)
+    np.testing.assert_array_equal(out, x[idx])
+    K.gather_augment(x, idx, zero, zero, np.ones(7, bool), K.PAD_REFLECT, out)
+    np.testing.assert_array_equal(images(out), images(x[idx])[:, :, :, ::-1])
+    twice = np.zeros_like(out)
+    K.gather_augment(out, np.arange(7, dtype=np.int64), zero, zero, np.ones(7, bool), K.PAD_ZERO, twice)
+    np.testing.assert_array_equal(twice, x[idx])
+
+
+def test_gather_augment_zero_pad_shifts_content_and_fills_zeros():
+    rng = np.random.default_rng(2)
+    x = rng.integers(1, 256, (3, 3072), dtype=np.uint8)   # no zero pixels in the source
+    idx = np.array([0, 1, 2], np.int64)
+    sy, sx = np.array([2, -3, 0], np.int64), np.array([-1, 0, 4], np.int64)
+    out = np.zeros((3, 3072), np.uint8)
+    K.gather_augment(x, idx, sy, sx, np.zeros(3, bool), K.PAD_ZERO, out)
+    src, got = images(x), images(out)
+    np.testing.assert_array_equal(got[0, :, :30, 1:], src[0, :, 2:, :31])
+    assert not got[0, :, 30:].any() and not got[0, :, :, :1].any()
+    np.testing.assert_array_equal(got[1, :, 3:], src[1, :, :29])
+    assert not got[1, :, :3].any()
+    np.testing.assert_array_equal(got[2, :, :, :28], src[2, :, :, 4:])
+    assert not got[2, :, :, 28:].any()
+
+
+def test_gather_augment_reflect_matches_np_pad():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (1, 3072), dtype=np.uint8)
+    padded = np.pad(images(x)[0], ((0, 0), (4, 4), (4, 4)), mode="reflect")
+    out = np.zeros((1, 3072), np.uint8)
+    for dy in range(-4, 5):
+        for dx in (-4, -1, 3):
+            K.gather_augment(x, np.zeros(1, np.int64), np.array([dy]), np.array([dx]), np.zeros(1, bool),
+                             K.PAD_REFLECT, out)
+            np.testing.assert_array_equal(images(out)[0], padded[:, 4 + dy:36 + dy, 4 + dx:36 + dx])
