@@ -1,0 +1,60 @@
+"""asv benchmarks of fastfcnn: each kernel phase, a training epoch, memory, speed-up and start-up,
+for the Numba kernels against the NumPy reference (engine) on the seed and wide nets (net).
+
+Setup comes from fastfcnn.bench.common (shared with `fastfcnn bench`), imported from the commit
+under test. Environment variables, read when the benchmarks are imported:
+  FASTFCNN_BENCH_THREADS  threads for the Numba kernels and NumPy's BLAS (default 2, or all cores
+                          if fewer), pinned in every setup so numbers are comparable over time.
+  FASTFCNN_BENCH_QUICK=1  smoke mode: only the seed net, and 2,000 images for the epoch benchmarks.
+"""
+import functools
+import os
+import time
+
+try:
+    from fastfcnn.bench import common
+    from fastfcnn.engine import max_threads, set_threads
+except ImportError:  # a commit from before the suite: its benchmarks are skipped (n/a), not failed
+    common = None
+
+QUICK = os.environ.get("FASTFCNN_BENCH_QUICK") == "1"
+NETS = ["seed"] if QUICK else ["seed", "wide"]
+ENGINES = ["numba", "numpy"]
+# Images in one timed epoch: the full 50,000 for the seed net; the wide net does 10,000 (40 steps,
+# ~3 s with numba and ~8 s with numpy on 2 cores) so that one asv run stays within minutes.
+EPOCH_IMAGES = {"seed": 2_000, "wide": 2_000} if QUICK else {"seed": 50_000, "wide": 10_000}
+
+
+def threads() -> int:
+    default = min(2, max_threads())
+    return int(os.environ.get("FASTFCNN_BENCH_THREADS", default))
+
+
+@functools.cache
+def data(n_images: int):
+    """Synthetic CIFAR-shaped data, built once per benchmark process."""
+    return common.synthetic_cifar(n_images)
+
+
+def require_suite() -> None:
+    """Raise NotImplementedError, which asv reports as skipped (n/a), on a commit from before
+    bench/common.py."""
+    if common is None:
+        raise NotImplementedError("this commit has no fastfcnn.bench.common")
+
+
+def trainer(net: str, engine: str, n_images: int = 50_000):
+    """A ready Trainer for one of common.NETS, with threads pinned."""
+    require_suite()
+    set_threads(threads())
+    return common.make_trainer(net, engine, data(EPOCH_IMAGES[net] if QUICK else n_images))
+
+
+def best_seconds(fn, min_runs: int = 3, budget: float = 0.5) -> float:
+    """Fastest of at least `min_runs` calls of fn(), calling it until `budget` seconds have passed."""
+    best, start, runs = float("inf"), time.perf_counter(), 0
+    while runs < min_runs or time.perf_counter() - start < budget:
+        t0 = time.perf_counter()
+        fn()
+        best, runs = min(best, time.perf_counter() - t0), runs + 1
+    return best
