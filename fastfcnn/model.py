@@ -19,6 +19,9 @@ class Model:
 
     weights[l] is (sizes[l+1], sizes[l]) (out, in) and biases[l] is (sizes[l+1],), float32.
     mean and std are per-channel input statistics in [0, 255] units, fitted on the training split.
+    whiten (K, D) and whiten_bias (K,), when set, are a fixed linear map (ZCA or PCA whitening,
+    fitted on the training split) from the D normalised image features to the K inputs of the
+    first layer; then sizes[0] is K and n_inputs is D.
     """
 
     weights: list
@@ -27,19 +30,29 @@ class Model:
     std: np.ndarray
     class_names: list
     config: dict = field(default_factory=dict)
+    whiten: np.ndarray | None = None
+    whiten_bias: np.ndarray | None = None
 
     @property
     def sizes(self) -> list:
         return [self.weights[0].shape[1]] + [w.shape[0] for w in self.weights]
 
+    @property
+    def n_inputs(self) -> int:
+        """Features per image the model reads (before any whitening)."""
+        return self.sizes[0] if self.whiten is None else self.whiten.shape[1]
+
     def input_transform(self) -> tuple:
-        """Per-feature (mean, 1/std), float32 (D,), expanding the per-channel stats over the
-        channel-planar CIFAR layout (R plane, then G, then B)."""
-        d = self.sizes[0]
-        per = d // CHANNELS
-        mean = np.repeat(self.mean.astype(np.float32), per)
-        inv_std = np.repeat((1 / self.std).astype(np.float32), per)
-        return mean, inv_std
+        """Per-feature (mean, 1/std), float32 (n_inputs,): see feature_stats."""
+        return feature_stats(self.mean, self.std, self.n_inputs)
+
+
+def feature_stats(mean, std, d: int) -> tuple:
+    """Per-feature (mean, 1/std), float32 (d,), expanding per-channel stats over the
+    channel-planar CIFAR layout (R plane, then G, then B)."""
+    per = d // CHANNELS
+    return (np.repeat(np.asarray(mean, np.float32), per),
+            np.repeat((1 / np.asarray(std, np.float32)).astype(np.float32), per))
 
 
 def init_model(sizes, mean, std, class_names, rng: np.random.Generator, config=None) -> Model:
@@ -63,6 +76,8 @@ def save_model(path: Path, model: Model) -> None:
         "class_names": np.array(model.class_names),
         "config": np.array(json.dumps(model.config)),
     }
+    if model.whiten is not None:
+        arrays |= {"whiten": model.whiten, "whiten_bias": model.whiten_bias}
     save_npz(path, arrays)
 
 
@@ -78,6 +93,9 @@ def load_model(path: Path) -> Model:
             biases = [z[f"b{l}"].astype(np.float32) for l in range(n_layers)]
             model = Model(weights, biases, z["mean"].astype(np.float32), z["std"].astype(np.float32),
                           [str(c) for c in z["class_names"]], json.loads(str(z["config"])))
+            if "whiten" in z.files:
+                model.whiten = z["whiten"].astype(np.float32)
+                model.whiten_bias = z["whiten_bias"].astype(np.float32)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"not a readable fastfcnn model: {path} ({e})") from None
     _check(model, path)
@@ -93,7 +111,10 @@ def _check(model: Model, path: Path) -> None:
         if w.ndim != 2 or w.shape[1] != prev or b.shape != (w.shape[0],):
             raise UserError(f"{bad} (layer shapes do not chain)")
         prev = w.shape[0]
-    if model.mean.shape != (CHANNELS,) or model.std.shape != (CHANNELS,) or model.sizes[0] % CHANNELS:
+    if model.whiten is not None and (model.whiten.ndim != 2 or model.whiten.shape[0] != model.sizes[0]
+                                     or model.whiten_bias.shape != (model.sizes[0],)):
+        raise UserError(f"{bad} (whitening map does not fit the first layer)")
+    if model.mean.shape != (CHANNELS,) or model.std.shape != (CHANNELS,) or model.n_inputs % CHANNELS:
         raise UserError(f"{bad} (normalisation statistics)")
     if len(model.class_names) != model.sizes[-1]:
         raise UserError(f"{bad} ({len(model.class_names)} class names for {model.sizes[-1]} outputs)")

@@ -13,13 +13,21 @@ class Workspace:
 
     rows(n) hands out views of the first n rows (built once per n and cached), so a run's short
     last batch reuses the same memory and nothing is allocated inside the step loop.
+
+    sizes are the trainable layers' widths. raw_inputs is the image size when a fixed whitening
+    map turns each image into the sizes[0] inputs of the first layer (None: no whitening).
+    With dropout, drop_u[l] holds the uniform draws for the mask of hidden activation l.
     """
 
-    def __init__(self, sizes, capacity: int):
+    def __init__(self, sizes, capacity: int, raw_inputs=None, dropout: bool = False):
         self.sizes = list(sizes)
         self.capacity = capacity
+        self.raw_inputs = raw_inputs
         big = max(sizes)
-        self._xb = np.empty(capacity * sizes[0], np.uint8)
+        self._xb = np.empty(capacity * (raw_inputs or sizes[0]), np.uint8)
+        self._xn = None if raw_inputs is None else np.empty(capacity * raw_inputs, F32)
+        self._drop_u = [np.empty(capacity * s, F32) if dropout and 0 < l < len(sizes) - 1 else None
+                        for l, s in enumerate(sizes)]
         self._acts = [np.empty(capacity * s, F32) for s in sizes]        # acts[0]: normalised input
         self._deltas = [np.empty(capacity * s, F32) for s in sizes]      # dL/d(pre-activation)
         self._dyt = np.empty(capacity * big, F32)                        # transpose scratch
@@ -43,7 +51,10 @@ class Views:
             raise ValueError(f"batch of {n} rows does not fit a workspace of {ws.capacity}")
         sizes = ws.sizes
         self.n = n
-        self.xb = ws._xb[: n * sizes[0]].reshape(n, sizes[0])
+        d = ws.raw_inputs or sizes[0]
+        self.xb = ws._xb[: n * d].reshape(n, d)
+        self.xn = None if ws._xn is None else ws._xn[: n * d].reshape(n, d)   # normalised, pre-whitening
+        self.drop_u = [None if u is None else u[: n * s].reshape(n, s) for u, s in zip(ws._drop_u, sizes)]
         self.acts = [a[: n * s].reshape(n, s) for a, s in zip(ws._acts, sizes)]
         self.deltas = [d[: n * s].reshape(n, s) for d, s in zip(ws._deltas, sizes)]
         self.dyt = [ws._dyt[: n * s].reshape(s, n) for s in sizes[1:]]
@@ -53,25 +64,48 @@ class Views:
         self.wt = ws.wt
 
 
-def forward(E, model, x_norm, v: Views) -> np.ndarray:
-    """Logits (n, classes) for the uint8 batch in v.xb; x_norm = model.input_transform()."""
+def workspace_for(model, capacity: int, dropout: bool = False) -> Workspace:
+    """A Workspace shaped for `model` (with room for its whitening map, if it has one)."""
+    raw = None if model.whiten is None else model.n_inputs
+    return Workspace(model.sizes, capacity, raw_inputs=raw, dropout=dropout)
+
+
+def forward(E, model, x_norm, v: Views, dropout: float = 0.0) -> np.ndarray:
+    """Logits (n, classes) for the uint8 batch in v.xb; x_norm = model.input_transform().
+
+    With a whitening map P the images are normalised into v.xn and acts[0] = v.xn @ P.T + c is
+    the first trainable layer's input (P is fixed: backward never reaches it). With dropout > 0
+    every hidden activation is masked in place with the draws in v.drop_u (inverted dropout).
+    """
     mean, inv_std = x_norm
     last = len(model.weights) - 1
-    E.input_linear_forward(v.xb, mean, inv_std, model.weights[0], model.biases[0], last > 0,
-                           v.acts[0], v.acts[1])
+    if model.whiten is None:
+        E.input_linear_forward(v.xb, mean, inv_std, model.weights[0], model.biases[0], last > 0,
+                               v.acts[0], v.acts[1])
+    else:
+        E.input_linear_forward(v.xb, mean, inv_std, model.whiten, model.whiten_bias, False, v.xn, v.acts[0])
+        E.linear_forward(v.acts[0], model.weights[0], model.biases[0], last > 0, v.acts[1])
     for l in range(1, last + 1):
+        if dropout > 0:
+            E.dropout(v.acts[l], v.drop_u[l], F32(dropout))
         E.linear_forward(v.acts[l], model.weights[l], model.biases[l], l < last, v.acts[l + 1])
     return v.acts[-1]
 
 
-def backward(E, model, v: Views, smoothing: float, grads_w, grads_b) -> float:
-    """Loss gradient and backprop for the batch forward() just ran; returns the summed row loss."""
+def backward(E, model, v: Views, smoothing: float, grads_w, grads_b, dropout: float = 0.0) -> float:
+    """Loss gradient and backprop for the batch forward() just ran; returns the summed row loss.
+
+    With dropout, linear_grad_input's mask (activation > 0) already zeroes the dropped units;
+    applying the same dropout to the gradient adds the missing 1/(1-p) of the kept ones.
+    """
     last = len(model.weights) - 1
     E.softmax_xent_grad(v.acts[-1], v.labels, smoothing, v.deltas[-1], v.row_loss)
     for l in range(last, -1, -1):
         E.linear_grad_params(v.deltas[l + 1], v.acts[l], grads_w[l], grads_b[l], v.dyt[l], v.xt[l])
         if l > 0:
             E.linear_grad_input(v.deltas[l + 1], model.weights[l], v.acts[l], v.deltas[l], v.wt[l])
+            if dropout > 0:
+                E.dropout(v.deltas[l], v.drop_u[l], F32(dropout))
     return float(v.row_loss.sum(dtype=np.float64))
 
 
@@ -81,7 +115,7 @@ def evaluate(E, model, x, y, idx=None, batch: int = 1000) -> tuple:
     if idx is None:
         idx = np.arange(len(y), dtype=np.int64)
     n = len(idx)
-    ws = Workspace(model.sizes, min(batch, max(n, 1)))
+    ws = workspace_for(model, min(batch, max(n, 1)))
     x_norm = model.input_transform()
     loss = 0.0
     correct = 0

@@ -33,3 +33,20 @@ def test_inconsistent_model_is_rejected(tmp_path):
     save_model(tmp_path / "m.npz", m)
     with pytest.raises(UserError, match="3 class names for 2 outputs"):
         load_model(tmp_path / "m.npz")
+
+
+def test_whitened_model_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    m = init_model([5, 4, 2], [1.0] * 3, [2.0] * 3, ["a", "b"], rng)
+    m.whiten = rng.standard_normal((5, 12), dtype=np.float32)
+    m.whiten_bias = rng.standard_normal(5, dtype=np.float32)
+    assert m.sizes == [5, 4, 2] and m.n_inputs == 12 and m.input_transform()[0].shape == (12,)
+    save_model(tmp_path / "m.npz", m)
+    back = load_model(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.whiten, m.whiten)
+    np.testing.assert_array_equal(back.whiten_bias, m.whiten_bias)
+    assert back.n_inputs == 12
+    m.whiten_bias = m.whiten_bias[:4]
+    save_model(tmp_path / "bad.npz", m)
+    with pytest.raises(UserError, match="whitening map"):
+        load_model(tmp_path / "bad.npz")

@@ -10,15 +10,20 @@ from fastfcnn.model import init_model
 from fastfcnn.train import TrainConfig, Trainer
 
 
-def float64_loss(model, xb, labels, smoothing):
-    """Mean softmax cross-entropy of the net, written independently of the kernels, in float64."""
+def loss64(model, xb, labels, smoothing, drop_u=None, p=0.0):
+    """Mean softmax cross-entropy of the net, written independently of the kernels, in float64.
+    drop_u[l] (for hidden activation l = 1..) is a fixed dropout draw: keep where u >= p."""
     mean, inv_std = (a.astype(np.float64) for a in model.input_transform())
     h = (xb.astype(np.float64) - mean) * inv_std
+    if model.whiten is not None:
+        h = h @ model.whiten.astype(np.float64).T + model.whiten_bias
     last = len(model.weights) - 1
     for l, (w, b) in enumerate(zip(model.weights, model.biases)):
         h = h @ w.astype(np.float64).T + b
         if l < last:
             h = np.maximum(h, 0)
+            if drop_u is not None:
+                h = h * (drop_u[l + 1] >= p) / (1 - p)
     log_p = h - h.max(axis=1, keepdims=True)
     log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
     c = h.shape[1]
@@ -28,23 +33,37 @@ def float64_loss(model, xb, labels, smoothing):
 
 
 @pytest.mark.parametrize("engine", ["numba", "numpy"])
-@pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_gradients_match_finite_differences(engine, smoothing):
+@pytest.mark.parametrize("smoothing,dropout,whiten", [(0.0, 0.0, False), (0.1, 0.0, False),
+                                                      (0.0, 0.4, False), (0.1, 0.5, True)])
+def test_gradients_match_finite_differences(engine, smoothing, dropout, whiten):
     rng = np.random.default_rng(3)
     sizes = [12, 7, 5, 3]                      # 12 inputs = 3 channel planes of 4 pixels
     model = init_model(sizes, [120.0, 110.0, 100.0], [60.0, 50.0, 40.0], ["a", "b", "c"], rng)
+    if whiten:                                 # a fixed 12 -> 12 map before the first layer
+        model.whiten = rng.standard_normal((12, 12), dtype=np.float32) * np.float32(0.3)
+        model.whiten_bias = rng.standard_normal(12, dtype=np.float32)
     n = 5
     xb = rng.integers(0, 256, (n, 12), dtype=np.uint8)
     labels = rng.integers(0, 3, n).astype(np.int64)
     E = get_engine(engine)
-    ws = network.Workspace(sizes, n)
+    ws = network.workspace_for(model, n, dropout=dropout > 0)
     v = ws.rows(n)
     v.xb[:] = xb
     v.labels[:] = labels
+    drop_u = None
+    if dropout:
+        for u in v.drop_u[1:-1]:
+            u[:] = rng.random(u.shape, dtype=np.float32)
+        drop_u = [None if u is None else u.astype(np.float64) for u in v.drop_u]
+        assert all(((u < dropout).any() and (u >= dropout).any()) for u in drop_u[1:-1])
     grads_w = [np.zeros_like(w) for w in model.weights]
     grads_b = [np.zeros_like(b) for b in model.biases]
-    network.forward(E, model, model.input_transform(), v)
-    loss_sum = network.backward(E, model, v, smoothing, grads_w, grads_b)
+    network.forward(E, model, model.input_transform(), v, dropout)
+    loss_sum = network.backward(E, model, v, smoothing, grads_w, grads_b, dropout)
+
+    def float64_loss(model, xb, labels, smoothing):
+        return loss64(model, xb, labels, smoothing, drop_u, dropout)
+
     assert loss_sum / n == pytest.approx(float64_loss(model, xb, labels, smoothing), rel=1e-5)
 
     eps = 1e-3
@@ -112,3 +131,74 @@ def test_divergence_is_a_clear_error():
     cfg = TrainConfig(hidden=[8], epochs=2, batch_size=32, val_size=10, lr=1e6, warmup_epochs=0)
     with pytest.raises(UserError, match=r"diverged: the loss became (nan|inf) in epoch [12] \(step \d+\).*lower --lr than 1e\+06"):
         Trainer(cfg, tiny_data(n_train=100)).run()
+
+
+RECIPES = {
+    "sgd": dict(),
+    "nesterov": dict(nesterov=True),
+    "adam": dict(optimizer="adam", lr=2e-3),
+    "adamw": dict(optimizer="adamw", lr=2e-3, weight_decay=0.05),
+    "step": dict(lr_schedule="step"),
+    "constant": dict(lr_schedule="constant", warmup_epochs=0.5),
+    "onecycle": dict(lr_schedule="onecycle", lr=0.1),
+    "smoothing": dict(label_smoothing=0.1),
+    "dropout": dict(dropout=0.3),
+    "crop+flip": dict(crop_pad=2, flip=True, epochs=8),
+    "zero-crop": dict(crop_pad=4, crop_mode="zero", epochs=8),
+    "everything": dict(optimizer="adamw", lr=2e-3, weight_decay=0.05, lr_schedule="onecycle", epochs=8,
+                       dropout=0.2, crop_pad=2, flip=True, label_smoothing=0.1),
+}   # whitened training: see test_cli (each fit is a 3072x3072 eigendecomposition)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_learns(recipe):
+    data = tiny_data()
+    cfg = TrainConfig(**{**dict(hidden=[16], epochs=4, batch_size=32, val_size=50, seed=11), **RECIPES[recipe]})
+    t = Trainer(cfg, data)
+    history = t.run()
+    floor = 0.5 if cfg.crop_pad or cfg.flip else 0.9   # the random prototypes are not shift/flip invariant
+    assert history[-1]["val_accuracy"] >= floor, history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_augmented_dropout_training_is_deterministic():
+    data = tiny_data()
+    weights = []
+    for _ in range(2):
+        cfg = TrainConfig(hidden=[16, 8], epochs=2, batch_size=32, val_size=50, seed=2, dropout=0.3,
+                          crop_pad=3, flip=True)
+        t = Trainer(cfg, data)
+        t.run()
+        weights.append(t.model.weights)
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+
+
+def test_augmentation_draws_shifts_in_range_and_keeps_labels():
+    data = tiny_data(n_train=100)
+    cfg = TrainConfig(hidden=[8], epochs=1, batch_size=64, val_size=10, crop_pad=3, flip=True)
+    t = Trainer(cfg, data)
+    v = t.ws.rows(64)
+    idx = t.train_idx[:64]
+    seen = set()
+    for _ in range(20):
+        t.gather(idx, v)
+        seen |= set(t._shift[:, :64].ravel().tolist())
+        assert t._flip[:64].any() and not t._flip[:64].all()
+    assert seen == set(range(-3, 4))
+    t.x_norm = t.model.input_transform()
+    t.step(idx, 0.01)
+    np.testing.assert_array_equal(v.labels, data.y_train[idx])
+
+
+def test_early_stopping_keeps_best_weights():
+    data = tiny_data()
+    cfg = TrainConfig(hidden=[16], epochs=30, batch_size=32, val_size=50, seed=1, patience=2,
+                      lr_schedule="constant", lr=0.5, momentum=0.0)
+    t = Trainer(cfg, data)
+    history = t.run()
+    accs = [r["val_accuracy"] for r in history]
+    assert t.best_epoch == 1 + int(np.argmax(accs))
+    assert len(history) == t.best_epoch + 2 or len(history) == 30
+    best = t.best_model()
+    _, acc = network.evaluate(t.E, best, data.x_train, data.y_train, t.val_idx)
+    assert acc == max(accs)
