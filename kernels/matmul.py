@@ -2,16 +2,24 @@
 
 `gemm_nt` computes out = a @ b.T: both operands are read along their rows, so each output element
 is a contiguous dot product that LLVM vectorises into packed FMAs (fastmath lets it reassociate).
-A 4x4 register tile reuses every loaded vector four times. Parallel over output tiles: every
-element of `out` is written by exactly one prange iteration, so results are race-free and
-identical run to run.
+A 4x4 register tile reuses every loaded vector four times. The reduction dimension is cut into
+blocks of KC so the four rows of b a tile reads (4 x KC floats) stay in L1 while the tile walks
+down the rows of a (MB x KC, in L2); partial sums of later blocks are added to `out`.
+Parallel over MB x NB blocks of `out`: every element of `out` is written by exactly one prange
+iteration, so results are race-free and identical run to run for a given thread count.
+
+Row slices (`a[i, k0:k1]`) index from 0 in the hot loop: an index Numba can prove non-negative
+needs no wraparound check, which would otherwise turn every vector load into a gather.
 """
 import numpy as np
 from numba import prange
 
 from .config import kernel, serial_kernel
 
-TILE = 4
+TILE = 4     # register tile: TILE x TILE dot products
+KC = 1024    # reduction block (floats)
+MB = 32      # rows of out per parallel task
+NB = 64      # columns of out per parallel task
 
 
 # What gemm_nt does to each raw dot product before it is stored.
@@ -39,21 +47,27 @@ def _epilogue(out, i0, i1, j0, j1, bias, mask, mode):
 
 
 @serial_kernel
-def _tile4x4(a, b, out, i0, j0):
-    a0 = a[i0]; a1 = a[i0 + 1]; a2 = a[i0 + 2]; a3 = a[i0 + 3]
-    b0 = b[j0]; b1 = b[j0 + 1]; b2 = b[j0 + 2]; b3 = b[j0 + 3]
+def _tile4x4(a, b, out, i0, j0, k0, k1, accumulate):
+    """out[i0:i0+4, j0:j0+4] (+)= a[i0:i0+4, k0:k1] @ b[j0:j0+4, k0:k1].T"""
+    a0 = a[i0, k0:k1]; a1 = a[i0 + 1, k0:k1]; a2 = a[i0 + 2, k0:k1]; a3 = a[i0 + 3, k0:k1]
+    b0 = b[j0, k0:k1]; b1 = b[j0 + 1, k0:k1]; b2 = b[j0 + 2, k0:k1]; b3 = b[j0 + 3, k0:k1]
     z = np.float32(0)
     s00 = z; s01 = z; s02 = z; s03 = z
     s10 = z; s11 = z; s12 = z; s13 = z
     s20 = z; s21 = z; s22 = z; s23 = z
     s30 = z; s31 = z; s32 = z; s33 = z
-    for k in range(a.shape[1]):
+    for k in range(k1 - k0):
         x0 = a0[k]; x1 = a1[k]; x2 = a2[k]; x3 = a3[k]
         y0 = b0[k]; y1 = b1[k]; y2 = b2[k]; y3 = b3[k]
         s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3
         s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3
         s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3
         s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3
+    if accumulate:
+        s00 += out[i0, j0]; s01 += out[i0, j0 + 1]; s02 += out[i0, j0 + 2]; s03 += out[i0, j0 + 3]
+        s10 += out[i0 + 1, j0]; s11 += out[i0 + 1, j0 + 1]; s12 += out[i0 + 1, j0 + 2]; s13 += out[i0 + 1, j0 + 3]
+        s20 += out[i0 + 2, j0]; s21 += out[i0 + 2, j0 + 1]; s22 += out[i0 + 2, j0 + 2]; s23 += out[i0 + 2, j0 + 3]
+        s30 += out[i0 + 3, j0]; s31 += out[i0 + 3, j0 + 1]; s32 += out[i0 + 3, j0 + 2]; s33 += out[i0 + 3, j0 + 3]
     out[i0, j0] = s00; out[i0, j0 + 1] = s01; out[i0, j0 + 2] = s02; out[i0, j0 + 3] = s03
     out[i0 + 1, j0] = s10; out[i0 + 1, j0 + 1] = s11; out[i0 + 1, j0 + 2] = s12; out[i0 + 1, j0 + 3] = s13
     out[i0 + 2, j0] = s20; out[i0 + 2, j0 + 1] = s21; out[i0 + 2, j0 + 2] = s22; out[i0 + 2, j0 + 3] = s23
@@ -61,12 +75,15 @@ def _tile4x4(a, b, out, i0, j0):
 
 
 @serial_kernel
-def _tile_edge(a, b, out, i0, i1, j0, j1):
+def _tile_edge(a, b, out, i0, i1, j0, j1, k0, k1, accumulate):
+    """The partial tiles at the right and bottom edges, one dot product at a time."""
     for i in range(i0, i1):
+        ai = a[i, k0:k1]
         for j in range(j0, j1):
-            s = np.float32(0)
-            for k in range(a.shape[1]):
-                s += a[i, k] * b[j, k]
+            bj = b[j, k0:k1]
+            s = out[i, j] if accumulate else np.float32(0)
+            for k in range(k1 - k0):
+                s += ai[k] * bj[k]
             out[i, j] = s
 
 
@@ -78,17 +95,26 @@ def gemm_nt(a, b, out, bias, mask, mode):
     name them (pass any array of the right rank otherwise).
     """
     m, n = out.shape
-    mt = (m + TILE - 1) // TILE
-    nt = (n + TILE - 1) // TILE
-    for t in prange(mt * nt):
-        i0 = (t // nt) * TILE
-        j0 = (t % nt) * TILE
-        i1 = min(i0 + TILE, m)
-        j1 = min(j0 + TILE, n)
-        if i1 - i0 == TILE and j1 - j0 == TILE:
-            _tile4x4(a, b, out, i0, j0)
-        else:
-            _tile_edge(a, b, out, i0, i1, j0, j1)
+    kk = a.shape[1]
+    mb = (m + MB - 1) // MB
+    nb = (n + NB - 1) // NB
+    kb = max(1, (kk + KC - 1) // KC)    # one empty block when kk == 0, so out is still written
+    for t in prange(mb * nb):
+        i0 = (t // nb) * MB
+        j0 = (t % nb) * NB
+        i1 = min(i0 + MB, m)
+        j1 = min(j0 + NB, n)
+        for kbi in range(kb):
+            k0 = kbi * KC
+            k1 = min(k0 + KC, kk)
+            for j in range(j0, j1, TILE):
+                je = min(j + TILE, j1)
+                for i in range(i0, i1, TILE):
+                    ie = min(i + TILE, i1)
+                    if ie - i == TILE and je - j == TILE:
+                        _tile4x4(a, b, out, i, j, k0, k1, kbi > 0)
+                    else:
+                        _tile_edge(a, b, out, i, ie, j, je, k0, k1, kbi > 0)
         _epilogue(out, i0, i1, j0, j1, bias, mask, mode)
 
 
