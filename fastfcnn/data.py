@@ -288,17 +288,29 @@ def _assemble(files: Iterable[tuple[str, bytes]], location: Callable[[str], str]
     class_names = list(CLASS_NAMES)
     for name, raw in files:
         content = _unpickle(raw, location(name))
+        del raw
         if name == _META_FILE:
             class_names = _class_names(content, location(name))
         else:
             batches[name] = _batch_arrays(content, location(name))
+        del content
     for name in (*_TRAIN_FILES, _TEST_FILE):
         if name not in batches:
             raise UserError(f"CIFAR-10 batch file {location(name)} is missing")
-    x_test, y_test = batches[_TEST_FILE]
+    x_test, y_test = batches.pop(_TEST_FILE)
+    # Fill the training arrays batch by batch, dropping each batch once copied: np.empty only
+    # commits pages as they are written, so peak memory stays near one copy of the data.
+    n = sum(len(batches[name][1]) for name in _TRAIN_FILES)
+    x_train, y_train = np.empty((n, N_FEATURES), np.uint8), np.empty(n, np.int64)
+    row = 0
+    for name in _TRAIN_FILES:
+        x, y = batches.pop(name)
+        x_train[row : row + len(y)], y_train[row : row + len(y)] = x, y
+        row += len(y)
+        del x, y
     return CIFAR10(
-        x_train=np.concatenate([batches[name][0] for name in _TRAIN_FILES]),
-        y_train=np.concatenate([batches[name][1] for name in _TRAIN_FILES]),
+        x_train=x_train,
+        y_train=y_train,
         x_test=x_test,
         y_test=y_test,
         class_names=class_names,
