@@ -78,40 +78,79 @@ DATA_HELP = ("Folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (dow
              "missing). Default: $FASTFCNN_DATA, else ~/.cache/fastfcnn.")
 
 
-@app.command()
+def _train_help() -> str:
+    from .presets import describe
+    lines = describe().splitlines()
+    return ("Train a fully connected net on CIFAR-10 and save model.npz and metrics.json (and best.npz "
+            "with --patience).\n\nPresets (--preset NAME; options given explicitly override them):\n\n"
+            + "\n\n".join(lines))
+
+
+def _opt(name, text, *flags):
+    """An option whose value None means 'not given': a preset or TrainConfig's default applies.
+    The help text names TrainConfig's default for the field `name`."""
+    from dataclasses import fields
+
+    from .train import TrainConfig
+    default = {f.name: f.default_factory() if callable(f.default_factory) else f.default
+               for f in fields(TrainConfig)}[name]
+    shown = ",".join(map(str, default)) if isinstance(default, list) else default
+    return typer.Option(None, *flags, help=f"{text} Default: {shown}.")
+
+
+@app.command(help=_train_help())
 @user_errors
 def train(
+    preset: Optional[str] = typer.Option(None, help="A named recipe (seed, wide; see above) filling in the options below."),
     data_dir: Optional[Path] = typer.Option(None, help=DATA_HELP),
-    hidden: str = typer.Option("64,64", help="Hidden layer widths, comma separated ('' for none)."),
-    epochs: int = typer.Option(20, help="Passes over the training split."),
-    batch_size: int = typer.Option(128, help="Images per SGD step (the last batch of an epoch may be smaller)."),
-    lr: float = typer.Option(0.05, help="Peak learning rate."),
-    momentum: float = typer.Option(0.9, help="SGD momentum."),
-    nesterov: bool = typer.Option(False, help="Use Nesterov momentum."),
-    weight_decay: float = typer.Option(5e-4, help="L2 weight decay on weights (not biases)."),
-    lr_schedule: str = typer.Option("cosine", help="constant, step (x0.1 at 50% and 75%), cosine or onecycle."),
-    warmup_epochs: float = typer.Option(1.0, help="Epochs of linear learning-rate warmup."),
-    label_smoothing: float = typer.Option(0.0, help="Weight spread evenly over all classes in the target."),
-    engine: str = typer.Option("numba", help="numba (the parallel kernels) or numpy (the reference)."),
+    hidden: Optional[str] = _opt("hidden", "Hidden layer widths, comma separated ('' for none)."),
+    epochs: Optional[int] = _opt("epochs", "Passes over the training split."),
+    batch_size: Optional[int] = _opt("batch_size", "Images per step (the last batch of an epoch may be smaller)."),
+    optimizer: Optional[str] = _opt("optimizer", "sgd (momentum, L2 weight decay), adam (L2 weight decay added to "
+                                    "the gradient) or adamw (Adam with decoupled weight decay: "
+                                    "w -= lr * weight_decay * w)."),
+    lr: Optional[float] = _opt("lr", "Peak learning rate."),
+    momentum: Optional[float] = _opt("momentum", "SGD momentum (sgd only)."),
+    nesterov: Optional[bool] = _opt("nesterov", "Use Nesterov momentum (sgd only).", "--nesterov/--no-nesterov"),
+    weight_decay: Optional[float] = _opt("weight_decay", "Weight decay on weights (not biases); see --optimizer."),
+    lr_schedule: Optional[str] = _opt("lr_schedule", "constant, step (x0.1 at 50% and 75%), cosine or onecycle."),
+    warmup_epochs: Optional[float] = _opt("warmup_epochs", "Epochs of linear learning-rate warmup."),
+    label_smoothing: Optional[float] = _opt("label_smoothing", "Weight spread evenly over all classes in the target."),
+    dropout: Optional[float] = _opt("dropout", "Probability of dropping each hidden unit in training."),
+    crop_pad: Optional[int] = _opt("crop_pad", "Random-crop augmentation: shift each training image by up to N pixels."),
+    crop_mode: Optional[str] = _opt("crop_mode", "How a crop fills pixels from outside the image: reflect or zero."),
+    flip: Optional[bool] = _opt("flip", "Mirror half the training images left-right.", "--flip/--no-flip"),
+    whiten: Optional[str] = _opt("whiten", "Input whitening fitted on the training split: none, zca, or pca "
+                                 "(keeps --whiten-dims components)."),
+    whiten_dims: Optional[int] = _opt("whiten_dims", "Components kept by --whiten pca."),
+    whiten_eps: Optional[float] = _opt("whiten_eps", "Whitening regulariser added to the eigenvalues (normalised units)."),
+    patience: Optional[int] = _opt("patience", "Early stopping: stop after N epochs without a better validation "
+                                   "accuracy and write those best weights to best.npz (0: off)."),
+    engine: Optional[str] = _opt("engine", "numba (the parallel kernels) or numpy (the reference)."),
     threads: Optional[int] = typer.Option(None, help="Threads for the kernels. Default: all cores."),
-    seed: int = typer.Option(0, help="Seed for initialisation, the validation split and shuffling."),
-    val_size: int = typer.Option(5000, help="Training images held out (stratified) for validation."),
+    seed: Optional[int] = _opt("seed", "Seed for initialisation, the split, shuffling, augmentation and dropout."),
+    val_size: Optional[int] = _opt("val_size", "Training images held out (stratified) for validation."),
     out_dir: Path = typer.Option(Path("runs/latest"), "--out", help="Run directory for model.npz and metrics.json."),
     download: bool = typer.Option(True, help="Download CIFAR-10 if it is not in the data folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final result."),
 ):
-    """Train a fully connected net on CIFAR-10 and save model.npz and metrics.json."""
     from .data import load_cifar10, resolve_data_dir
     from .engine import set_threads
     from .model import save_model
     from .files import save_json
     from .network import evaluate
+    from .presets import resolve
     from .train import TrainConfig, Trainer
 
-    cfg = TrainConfig(hidden=parse_hidden(hidden), epochs=epochs, batch_size=batch_size, lr=lr,
-                      momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                      lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
-                      label_smoothing=label_smoothing, engine=engine, seed=seed, val_size=val_size)
+    explicit = dict(hidden=None if hidden is None else parse_hidden(hidden), epochs=epochs,
+                    batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
+                    nesterov=nesterov, weight_decay=weight_decay, lr_schedule=lr_schedule,
+                    warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, dropout=dropout,
+                    crop_pad=crop_pad, crop_mode=crop_mode, flip=flip, whiten=whiten,
+                    whiten_dims=whiten_dims, whiten_eps=whiten_eps, patience=patience, engine=engine,
+                    seed=seed, val_size=val_size)
+    cfg = TrainConfig(**resolve(preset, explicit))
+    epochs = cfg.epochs
     n_threads = set_threads(threads)
     check_out_dir(out_dir)
     data = load_cifar10(resolve_data_dir(data_dir), download=download)
@@ -137,17 +176,32 @@ def train(
         history = trainer.run()
     train_seconds = time.perf_counter() - started
     test_loss, test_acc = evaluate(trainer.E, trainer.model, data.x_test, data.y_test)
-
-    make_out_dir(out_dir)
-    save_model(out_dir / "model.npz", trainer.model)
-    save_json(out_dir / "metrics.json", {
-        "config": trainer.model.config, "history": history, "test_loss": test_loss,
+    metrics = {
+        "config": trainer.model.config, "preset": preset, "history": history, "test_loss": test_loss,
         "test_accuracy": test_acc, "train_seconds": train_seconds, "threads": n_threads,
         "versions": versions(), "n_train": len(trainer.train_idx), "n_val": len(trainer.val_idx),
         "n_test": len(data.y_test),
-    })
+        "final": {"model": "model.npz", "epoch": len(history), "val_accuracy": history[-1]["val_accuracy"],
+                  "test_accuracy": test_acc, "test_loss": test_loss},
+    }
+    if cfg.patience:
+        best = trainer.best_model()
+        best_loss, best_acc = evaluate(trainer.E, best, data.x_test, data.y_test)
+        metrics["best_epoch"] = trainer.best_epoch
+        metrics["best"] = {"model": "best.npz", "epoch": trainer.best_epoch,
+                           "val_accuracy": trainer.best_val_accuracy, "test_accuracy": best_acc,
+                           "test_loss": best_loss}
+
+    make_out_dir(out_dir)
+    save_model(out_dir / "model.npz", trainer.model)
+    if cfg.patience:
+        save_model(out_dir / "best.npz", best)
+    save_json(out_dir / "metrics.json", metrics)
     out.print(f"test accuracy {100 * test_acc:.2f}% ({len(data.y_test)} images), "
               f"trained in {train_seconds:.1f} s; saved {out_dir / 'model.npz'}", highlight=False, soft_wrap=True)
+    if cfg.patience:
+        out.print(f"best validation accuracy {100 * trainer.best_val_accuracy:.2f}% at epoch {trainer.best_epoch}: "
+                  f"test accuracy {100 * best_acc:.2f}%; saved {out_dir / 'best.npz'}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -172,8 +226,8 @@ def evaluate(
     set_threads(threads)
     model = load_model(model_path)
     data = load_cifar10(resolve_data_dir(data_dir), download=download)
-    if data.x_test.shape[1] != model.sizes[0]:
-        raise UserError(f"the model takes {model.sizes[0]} inputs but the data has {data.x_test.shape[1]} per image")
+    if data.x_test.shape[1] != model.n_inputs:
+        raise UserError(f"the model takes {model.n_inputs} inputs but the data has {data.x_test.shape[1]} per image")
     if data.y_test.size and data.y_test.max() >= model.sizes[-1]:
         raise UserError(f"the data has labels up to {data.y_test.max()} but the model has {model.sizes[-1]} classes")
     loss, acc = run_eval(E, model, data.x_test, data.y_test)

@@ -80,6 +80,14 @@ def test_numpy_engine_trains_the_same_net(tmp_path, data_dir):
     (["--val-size", "600"], "--val-size must be in [0, 600)"),
     (["--threads", "999"], "--threads must be between 1 and"),
     (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--optimizer", "rmsprop"], "--optimizer must be one of sgd, adam, adamw"),
+    (["--dropout", "1"], "--dropout must be in [0, 1)"),
+    (["--crop-mode", "wrap"], "--crop-mode must be one of reflect, zero"),
+    (["--crop-pad", "40"], "--crop-pad must be between 0 and 31"),
+    (["--whiten", "pcaa"], "--whiten must be one of none, zca, pca"),
+    (["--whiten", "pca", "--whiten-dims", "5000", "--val-size", "60"], "--whiten-dims must be at most 3072"),
+    (["--patience", "3", "--val-size", "0"], "--patience needs a validation split"),
+    (["--preset", "huge"], "--preset must be one of seed, wide"),
 ])
 def test_bad_options(tmp_path, data_dir, args, message):
     out = tmp_path / "run"
@@ -167,3 +175,106 @@ def test_help_lists_every_option():
                    "--lr-schedule", "--warmup-epochs", "--engine", "--threads", "--seed", "--val-size",
                    "--out", "--quiet", "--data-dir"):
         assert option in result.output
+
+
+def metrics_of(out):
+    return json.loads((out / "metrics.json").read_text())
+
+
+def evaluated(model_path, data_dir):
+    result = run("evaluate", model_path, "--data-dir", data_dir, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["test_accuracy"]
+
+
+@pytest.mark.parametrize("recipe", [
+    ["--nesterov"],
+    ["--label-smoothing", "0.1"],
+    ["--optimizer", "adam", "--lr", "0.002"],
+    ["--optimizer", "adamw", "--lr", "0.002", "--weight-decay", "0.05", "--lr-schedule", "onecycle"],
+    ["--lr-schedule", "step", "--dropout", "0.2"],
+])
+def test_recipes_end_to_end(tmp_path, data_dir, recipe):
+    out = tmp_path / "run"
+    result = run("train", "--data-dir", data_dir, "--out", out, *TRAIN, *recipe)
+    assert result.exit_code == 0, result.output
+    metrics = metrics_of(out)
+    assert metrics["test_accuracy"] >= 0.9
+    options = dict(zip(recipe[::2], recipe[1::2]))
+    assert metrics["config"]["nesterov"] == ("--nesterov" in recipe)
+    if "--optimizer" in options:
+        assert metrics["config"]["optimizer"] == options["--optimizer"]
+
+
+@pytest.mark.parametrize("whiten", [["--whiten", "zca", "--whiten-eps", "10"], ["--whiten", "pca", "--whiten-dims", "50"]])
+def test_whitened_model_evaluates_identically_after_reload(tmp_path, data_dir, whiten):
+    out = tmp_path / "run"
+    result = run("train", "--data-dir", data_dir, "--out", out, *TRAIN, *whiten, "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    metrics = metrics_of(out)
+    assert metrics["test_accuracy"] >= 0.5   # whitening amplifies the pixel noise of these prototypes
+    assert evaluated(out / "model.npz", data_dir) == metrics["test_accuracy"]
+    with np.load(out / "model.npz") as z:
+        assert z["whiten"].shape == ((3072, 3072) if whiten[1] == "zca" else (50, 3072))
+        assert z["W0"].shape[1] == z["whiten"].shape[0]
+
+
+def test_patience_writes_best_model(tmp_path, data_dir):
+    out = tmp_path / "run"
+    result = run("train", "--data-dir", data_dir, "--out", out, "--hidden", "16", "--epochs", "30",
+                 "--batch-size", "32", "--val-size", "60", "--patience", "2", "--lr-schedule", "constant",
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "metrics.json", "model.npz"]
+    metrics = metrics_of(out)
+    accs = [r["val_accuracy"] for r in metrics["history"]]
+    assert metrics["best_epoch"] == metrics["best"]["epoch"] == 1 + accs.index(max(accs))
+    assert metrics["best"]["val_accuracy"] == max(accs)
+    assert len(accs) == 30 or len(accs) == metrics["best_epoch"] + 2   # stopped after 2 epochs without gain
+    assert metrics["final"]["model"] == "model.npz" and metrics["final"]["epoch"] == len(accs)
+    assert metrics["final"]["test_accuracy"] == metrics["test_accuracy"] == evaluated(out / "model.npz", data_dir)
+    assert metrics["best"]["test_accuracy"] == evaluated(out / "best.npz", data_dir)
+    assert "best validation accuracy" in result.output
+
+
+def test_presets_expand_and_explicit_options_override(tmp_path, data_dir, monkeypatch):
+    from fastfcnn import presets
+    from fastfcnn.train import TrainConfig
+
+    assert presets.resolve(None, {"lr": None, "epochs": 3}) == {"epochs": 3}
+    for name, expansion in presets.PRESETS.items():
+        assert presets.resolve(name, {"lr": None}) == expansion
+        TrainConfig(**expansion).check(50_000)
+        assert presets.resolve(name, {"lr": 0.123, "flip": False})["lr"] == 0.123
+        assert presets.resolve(name, {"flip": False})["flip"] is False
+    assert presets.PRESETS["seed"]["hidden"] == [64, 64]
+    # through the command, on a shrunk copy of the seed preset so it runs in a moment
+    monkeypatch.setitem(presets.PRESETS, "seed", {**presets.PRESETS["seed"], "epochs": 2, "batch_size": 32})
+    out = tmp_path / "run"
+    result = run("train", "--data-dir", data_dir, "--out", out, "--preset", "seed", "--epochs", "3",
+                 "--val-size", "60", "--quiet")
+    assert result.exit_code == 0, result.output
+    cfg = metrics_of(out)["config"]
+    expected = {**presets.PRESETS["seed"], "epochs": 3}
+    assert {k: cfg[k] for k in expected} == expected
+    assert metrics_of(out)["preset"] == "seed"
+
+
+def test_no_preset_keeps_the_defaults(tmp_path, data_dir):
+    from dataclasses import asdict
+
+    from fastfcnn.train import TrainConfig
+    out = tmp_path / "run"
+    assert run("train", "--data-dir", data_dir, "--out", out, "--epochs", "1", "--val-size", "60",
+               "--quiet").exit_code == 0
+    assert metrics_of(out)["config"] == asdict(TrainConfig(epochs=1, val_size=60))
+
+
+def test_help_lists_presets_and_their_expansions():
+    from fastfcnn.presets import describe
+    text = " ".join(run("train", "--help").output.split())
+    for line in describe().splitlines():
+        assert line in text
+    for option in ("--preset", "--optimizer", "--dropout", "--crop-pad", "--crop-mode", "--flip", "--whiten",
+                   "--whiten-dims", "--whiten-eps", "--patience", "--nesterov", "--label-smoothing"):
+        assert option in text
