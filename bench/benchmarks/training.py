@@ -1,14 +1,15 @@
 """A training epoch on synthetic CIFAR-shaped data: time, peak memory, numba's speed-up over numpy."""
-from . import ENGINES, EPOCH_IMAGES, NETS, best_seconds, common, require_suite, trainer
+from . import ENGINES, EPOCH_IMAGES, NETS, best_seconds, common, trainer
 
 
 class Epoch:
     """One epoch (common.train_epoch: permutation, then every step) over EPOCH_IMAGES[net] images:
-    all 50,000 for the seed net, 10,000 for the wide one (2,000 with FASTFCNN_BENCH_QUICK=1)."""
+    all 50,000 for the seed net, 5,000 for the wide one (2,000 with FASTFCNN_BENCH_QUICK=1).
+    At least 4 samples a round (8 in all), the fewest that let `asv compare` call a change significant."""
     params = [NETS, ENGINES]
     param_names = ["net", "engine"]
     number = 1
-    repeat = (1, 3, 60.0)
+    repeat = (4, 10, 30.0)
     warmup_time = 0  # setup has compiled the kernels; an extra untimed epoch would only cost time
     timeout = 600
 
@@ -22,13 +23,15 @@ class Epoch:
 
 class PeakMemory:
     """Peak resident memory of the benchmark process over a training run: imports, the synthetic
-    data set (EPOCH_IMAGES[net] images of 3,072 bytes), model, optimizer state, workspace and one epoch."""
+    data set (EPOCH_IMAGES[net] images of 3,072 bytes), model, optimizer state, workspace and one
+    epoch. setup compiles the kernels on a 256-image set first, as little of the peak as it can be."""
     params = [NETS, ENGINES]
     param_names = ["net", "engine"]
     timeout = 600
 
     def setup(self, net, engine):
-        require_suite()
+        warm = trainer(net, engine, 256)
+        warm.step(warm.train_idx[: warm.ws.capacity], 0.01)
 
     def peakmem_train_epoch(self, net, engine):
         common.train_epoch(trainer(net, engine, EPOCH_IMAGES[net]))
