@@ -2,8 +2,8 @@
 
 `gemm_nt` computes out = a @ b.T: both operands are read along their rows, so each output element
 is a contiguous dot product that LLVM vectorises into packed FMAs (fastmath lets it reassociate).
-A 4x4 register tile reuses every loaded vector four times. The reduction dimension is cut into
-blocks of KC so the four rows of b a tile reads (4 x KC floats) stay in L1 while the tile walks
+A 4x6 register tile reuses every loaded vector four or six times. The reduction dimension is cut into
+blocks of KC so the six rows of b a tile reads (6 x KC floats) stay in L1 while the tile walks
 down the rows of a (MB x KC, in L2); partial sums of later blocks are added to `out`.
 Parallel over MB x NB blocks of `out`: every element of `out` is written by exactly one prange
 iteration, so results are race-free and identical run to run for a given thread count.
@@ -16,10 +16,10 @@ from numba import prange
 
 from .config import kernel, serial_kernel
 
-TILE = 4     # register tile: TILE x TILE dot products
+TM, TN = 4, 6  # register tile: TM rows of a x TN rows of b
 KC = 1024    # reduction block (floats)
 MB = 32      # rows of out per parallel task
-NB = 64      # columns of out per parallel task
+NB = 48      # columns of out per parallel task (a multiple of TN)
 
 
 # What gemm_nt does to each raw dot product before it is stored.
@@ -47,31 +47,39 @@ def _epilogue(out, i0, i1, j0, j1, bias, mask, mode):
 
 
 @serial_kernel
-def _tile4x4(a, b, out, i0, j0, k0, k1, accumulate):
-    """out[i0:i0+4, j0:j0+4] (+)= a[i0:i0+4, k0:k1] @ b[j0:j0+4, k0:k1].T"""
+def _tile4x6(a, b, out, i0, j0, k0, k1, accumulate):
+    """out[i0:i0+4, j0:j0+6] (+)= a[i0:i0+4, k0:k1] @ b[j0:j0+6, k0:k1].T
+
+    24 accumulators + 6 loaded vectors + 1 broadcast fit the 32 vector registers; each vector
+    of a is used 6 times and each vector of b 4 times per load.
+    """
     a0 = a[i0, k0:k1]; a1 = a[i0 + 1, k0:k1]; a2 = a[i0 + 2, k0:k1]; a3 = a[i0 + 3, k0:k1]
-    b0 = b[j0, k0:k1]; b1 = b[j0 + 1, k0:k1]; b2 = b[j0 + 2, k0:k1]; b3 = b[j0 + 3, k0:k1]
+    b0 = b[j0, k0:k1]; b1 = b[j0 + 1, k0:k1]; b2 = b[j0 + 2, k0:k1]
+    b3 = b[j0 + 3, k0:k1]; b4 = b[j0 + 4, k0:k1]; b5 = b[j0 + 5, k0:k1]
     z = np.float32(0)
-    s00 = z; s01 = z; s02 = z; s03 = z
-    s10 = z; s11 = z; s12 = z; s13 = z
-    s20 = z; s21 = z; s22 = z; s23 = z
-    s30 = z; s31 = z; s32 = z; s33 = z
+    s00 = z; s01 = z; s02 = z; s03 = z; s04 = z; s05 = z
+    s10 = z; s11 = z; s12 = z; s13 = z; s14 = z; s15 = z
+    s20 = z; s21 = z; s22 = z; s23 = z; s24 = z; s25 = z
+    s30 = z; s31 = z; s32 = z; s33 = z; s34 = z; s35 = z
     for k in range(k1 - k0):
-        x0 = a0[k]; x1 = a1[k]; x2 = a2[k]; x3 = a3[k]
-        y0 = b0[k]; y1 = b1[k]; y2 = b2[k]; y3 = b3[k]
-        s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3
-        s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3
-        s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3
-        s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3
+        y0 = b0[k]; y1 = b1[k]; y2 = b2[k]; y3 = b3[k]; y4 = b4[k]; y5 = b5[k]
+        x = a0[k]; s00 += x * y0; s01 += x * y1; s02 += x * y2; s03 += x * y3; s04 += x * y4; s05 += x * y5
+        x = a1[k]; s10 += x * y0; s11 += x * y1; s12 += x * y2; s13 += x * y3; s14 += x * y4; s15 += x * y5
+        x = a2[k]; s20 += x * y0; s21 += x * y1; s22 += x * y2; s23 += x * y3; s24 += x * y4; s25 += x * y5
+        x = a3[k]; s30 += x * y0; s31 += x * y1; s32 += x * y2; s33 += x * y3; s34 += x * y4; s35 += x * y5
+    _store6(out, i0, j0, s00, s01, s02, s03, s04, s05, accumulate)
+    _store6(out, i0 + 1, j0, s10, s11, s12, s13, s14, s15, accumulate)
+    _store6(out, i0 + 2, j0, s20, s21, s22, s23, s24, s25, accumulate)
+    _store6(out, i0 + 3, j0, s30, s31, s32, s33, s34, s35, accumulate)
+
+
+@serial_kernel
+def _store6(out, i, j0, s0, s1, s2, s3, s4, s5, accumulate):
     if accumulate:
-        s00 += out[i0, j0]; s01 += out[i0, j0 + 1]; s02 += out[i0, j0 + 2]; s03 += out[i0, j0 + 3]
-        s10 += out[i0 + 1, j0]; s11 += out[i0 + 1, j0 + 1]; s12 += out[i0 + 1, j0 + 2]; s13 += out[i0 + 1, j0 + 3]
-        s20 += out[i0 + 2, j0]; s21 += out[i0 + 2, j0 + 1]; s22 += out[i0 + 2, j0 + 2]; s23 += out[i0 + 2, j0 + 3]
-        s30 += out[i0 + 3, j0]; s31 += out[i0 + 3, j0 + 1]; s32 += out[i0 + 3, j0 + 2]; s33 += out[i0 + 3, j0 + 3]
-    out[i0, j0] = s00; out[i0, j0 + 1] = s01; out[i0, j0 + 2] = s02; out[i0, j0 + 3] = s03
-    out[i0 + 1, j0] = s10; out[i0 + 1, j0 + 1] = s11; out[i0 + 1, j0 + 2] = s12; out[i0 + 1, j0 + 3] = s13
-    out[i0 + 2, j0] = s20; out[i0 + 2, j0 + 1] = s21; out[i0 + 2, j0 + 2] = s22; out[i0 + 2, j0 + 3] = s23
-    out[i0 + 3, j0] = s30; out[i0 + 3, j0 + 1] = s31; out[i0 + 3, j0 + 2] = s32; out[i0 + 3, j0 + 3] = s33
+        s0 += out[i, j0]; s1 += out[i, j0 + 1]; s2 += out[i, j0 + 2]
+        s3 += out[i, j0 + 3]; s4 += out[i, j0 + 4]; s5 += out[i, j0 + 5]
+    out[i, j0] = s0; out[i, j0 + 1] = s1; out[i, j0 + 2] = s2
+    out[i, j0 + 3] = s3; out[i, j0 + 4] = s4; out[i, j0 + 5] = s5
 
 
 @serial_kernel
@@ -107,12 +115,12 @@ def gemm_nt(a, b, out, bias, mask, mode):
         for kbi in range(kb):
             k0 = kbi * KC
             k1 = min(k0 + KC, kk)
-            for j in range(j0, j1, TILE):
-                je = min(j + TILE, j1)
-                for i in range(i0, i1, TILE):
-                    ie = min(i + TILE, i1)
-                    if ie - i == TILE and je - j == TILE:
-                        _tile4x4(a, b, out, i, j, k0, k1, kbi > 0)
+            for j in range(j0, j1, TN):
+                je = min(j + TN, j1)
+                for i in range(i0, i1, TM):
+                    ie = min(i + TM, i1)
+                    if ie - i == TM and je - j == TN:
+                        _tile4x6(a, b, out, i, j, k0, k1, kbi > 0)
                     else:
                         _tile_edge(a, b, out, i, ie, j, je, k0, k1, kbi > 0)
         _epilogue(out, i0, i1, j0, j1, bias, mask, mode)

@@ -1,4 +1,4 @@
-"""gemm_nt against NumPy on shapes that hit every remainder of its tiling: the 4x4 register tile,
+"""gemm_nt against NumPy on shapes that hit every remainder of its tiling: the 4x6 register tile,
 the MB x NB parallel blocks and the KC reduction blocks (see kernels/matmul.py)."""
 import numpy as np
 import pytest
