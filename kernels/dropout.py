@@ -16,8 +16,6 @@ def dropout(x, u, p):
     p32 = np.float32(p)
     scale = np.float32(1) / (np.float32(1) - p32)
     for i in prange(n):
+        xi, ui = x[i], u[i]
         for j in range(h):
-            if u[i, j] >= p32:
-                x[i, j] = x[i, j] * scale
-            else:
-                x[i, j] = np.float32(0)
+            xi[j] = xi[j] * scale if ui[j] >= p32 else np.float32(0)

@@ -10,9 +10,9 @@ def gather_batch(x, idx, out):
     """out (B,D) uint8 = x[idx]; x (N,D) uint8, idx (B,) int64."""
     d = x.shape[1]
     for i in prange(idx.shape[0]):
-        src = idx[i]
+        src, dst = x[idx[i]], out[i]
         for k in range(d):
-            out[i, k] = x[src, k]
+            dst[k] = src[k]
 
 
 # How gather_augment fills the pixels a shift moves in from outside the image.

@@ -19,8 +19,9 @@ def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out):
     """
     n, d = xb.shape
     for i in prange(n):
+        src, dst = xb[i], x[i]   # row views: plain k indexing vectorises (see matmul.py)
         for k in range(d):
-            x[i, k] = (np.float32(xb[i, k]) - mean[k]) * inv_std[k]
+            dst[k] = (np.float32(src[k]) - mean[k]) * inv_std[k]
     gemm_nt(x, w, out, b, out, BIAS_RELU if relu else BIAS)
 
 
@@ -36,13 +37,13 @@ def linear_grad_params(dy, x, dw, db, dyt, xt):
 
     dy (B,H), x (B,D) the layer input; dyt (H,B) and xt (D,B) are transpose workspaces.
     """
-    n, h = dy.shape
-    for j in prange(h):
-        s = np.float32(0)
-        for i in range(n):
-            s += dy[i, j]
-        db[j] = s
     transpose(dy, dyt)
+    for j in prange(dyt.shape[0]):
+        row = dyt[j]
+        s = np.float32(0)
+        for i in range(row.shape[0]):
+            s += row[i]
+        db[j] = s
     transpose(x, xt)
     gemm_nt(dyt, xt, dw, db, dw, PLAIN)
 

@@ -34,16 +34,17 @@ def _epilogue(out, i0, i1, j0, j1, bias, mask, mode):
     if mode == PLAIN:
         return
     for i in range(i0, i1):
-        for j in range(j0, j1):
-            v = out[i, j]
-            if mode == MASK:
-                if mask[i, j] <= 0:
-                    v = np.float32(0)
-            else:
-                v += bias[j]
-                if mode == BIAS_RELU and v < 0:
-                    v = np.float32(0)
-            out[i, j] = v
+        row = out[i, j0:j1]
+        if mode == MASK:
+            keep = mask[i, j0:j1]
+            for j in range(j1 - j0):
+                if keep[j] <= 0:
+                    row[j] = np.float32(0)
+        else:
+            add = bias[j0:j1]
+            for j in range(j1 - j0):
+                v = row[j] + add[j]
+                row[j] = max(v, np.float32(0)) if mode == BIAS_RELU else v
 
 
 @serial_kernel
@@ -130,10 +131,10 @@ def gemm_nt(a, b, out, bias, mask, mode):
 def transpose(src, dst):
     """dst = src.T; src (M,N), dst (N,M). Parallel over 32-row blocks of dst."""
     m, n = src.shape
-    nb = (n + 31) // 32
-    for jb in prange(nb):
+    for jb in prange((n + 31) // 32):
         j0 = jb * 32
         j1 = min(j0 + 32, n)
+        s, d = src[:, j0:j1], dst[j0:j1]   # re-based views: indices from 0 need no wraparound checks
         for i in range(m):
-            for j in range(j0, j1):
-                dst[j, i] = src[i, j]
+            for j in range(j1 - j0):
+                d[j, i] = s[i, j]
