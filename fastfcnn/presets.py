@@ -8,17 +8,21 @@ from dataclasses import fields
 from .errors import UserError
 
 PRESETS = {
-    # The seed architecture 3072-64-64-10 at >= 55 % test accuracy within 2 minutes on 2 cores.
+    # The seed architecture 3072-64-64-10, aiming at >= 55 % test accuracy within 2 minutes on
+    # 2 cores: it underfits rather than overfits once flips and 2-pixel crops are on, so it
+    # gets a long cosine schedule (measured: 57.9 % at 60 epochs, 59.0 % at 100; JPEG-75 CIFAR-10).
     "seed": {
-        "hidden": [64, 64], "epochs": 40, "batch_size": 128, "lr": 0.05, "lr_schedule": "onecycle",
+        "hidden": [64, 64], "epochs": 80, "batch_size": 128, "lr": 0.05, "lr_schedule": "cosine",
         "warmup_epochs": 2.0, "nesterov": True, "weight_decay": 5e-4, "label_smoothing": 0.1,
+        "crop_pad": 2, "crop_mode": "reflect", "flip": True,
     },
-    # A wide net tuned for accuracy per CPU-minute (aiming at >= 70 % within 60 minutes).
+    # A wide net tuned for accuracy per CPU-minute, aiming at >= 70 % within 60 minutes on 2 cores
+    # (about 25-30 s an epoch there). In a 6-epoch 1024-1024 pilot ZCA whitening (eps 0.1) was both
+    # slower per epoch (x1.8) and behind (44.7 % vs 50.8 % validation), so it is left off.
     "wide": {
-        "hidden": [2048, 2048], "epochs": 120, "batch_size": 256, "lr": 0.02, "lr_schedule": "onecycle",
-        "warmup_epochs": 5.0, "nesterov": True, "weight_decay": 5e-4, "label_smoothing": 0.1,
-        "dropout": 0.2, "crop_pad": 4, "crop_mode": "reflect", "flip": True, "whiten": "zca",
-        "whiten_eps": 0.1,
+        "hidden": [2048, 2048], "epochs": 100, "batch_size": 256, "lr": 0.02, "lr_schedule": "onecycle",
+        "warmup_epochs": 3.0, "nesterov": True, "weight_decay": 5e-4, "label_smoothing": 0.1,
+        "dropout": 0.2, "crop_pad": 4, "crop_mode": "reflect", "flip": True,
     },
 }
 
