@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.error import URLError
+from typing import BinaryIO
 from urllib.request import urlopen
 
 import numpy as np
@@ -153,7 +154,7 @@ def stratified_split(y: np.ndarray, val_size: int, rng: np.random.Generator) -> 
 
 
 def channel_stats(
-    x: np.ndarray, idx: np.ndarray | None = None, chunk_rows: int = 4096
+    x: np.ndarray, idx: np.ndarray | None = None, chunk_rows: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and (population) std of flat uint8 images, in [0, 255] units.
 
@@ -270,56 +271,75 @@ def _archive_files(archive: Path) -> Iterator[tuple[str, bytes]]:
         raise UserError(f"cannot read CIFAR-10 archive {archive} ({exc}); it is corrupt or truncated") from exc
 
 
-def _folder_files(folder: Path) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(name, contents)`` for the CIFAR-10 files present in `folder`."""
+def _folder_files(folder: Path) -> Iterator[tuple[str, BinaryIO]]:
+    """Yield ``(name, open file)`` for the CIFAR-10 files present in `folder`; each file is
+    unpickled straight from disk, so its raw bytes are never held in memory as well."""
     for name in _FILES:
         try:
-            raw = (folder / name).read_bytes()
+            f = open(folder / name, "rb")
         except FileNotFoundError:
             continue  # reported by _assemble (or optional, for batches.meta)
         except OSError as exc:
             raise UserError(f"cannot read {folder / name}: {exc.strerror or exc}") from exc
-        yield name, raw
+        with f:
+            yield name, f
 
 
-def _assemble(files: Iterable[tuple[str, bytes]], location: Callable[[str], str]) -> CIFAR10:
-    """Validate the raw files and build the dataset; `location` names a file in error messages."""
-    batches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+def _assemble(files: Iterable[tuple[str, bytes | BinaryIO]], location: Callable[[str], str]) -> CIFAR10:
+    """Validate the raw files and build the dataset; `location` names a file in error messages.
+
+    Each training batch is copied into its slot of one preallocated array as soon as it is read
+    and then dropped, so peak memory stays near one copy of the data plus one batch (the
+    official batches are equal in size; unequal ones fall back to a final concatenation).
+    """
     class_names = list(CLASS_NAMES)
+    test = None
+    x_train, rows = None, 0
+    placed: dict[str, np.ndarray] = {}   # name -> labels of a batch already copied into x_train
+    loose: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # batches of another size
     for name, raw in files:
         content = _unpickle(raw, location(name))
         del raw
         if name == _META_FILE:
             class_names = _class_names(content, location(name))
-        else:
-            batches[name] = _batch_arrays(content, location(name))
+            continue
+        x, y = _batch_arrays(content, location(name))
         del content
+        if name == _TEST_FILE:
+            test = (x, y)
+            continue
+        if x_train is None:
+            rows = len(y)
+            x_train = np.empty((rows * len(_TRAIN_FILES), N_FEATURES), np.uint8)
+        if len(y) == rows:
+            k = _TRAIN_FILES.index(name)
+            x_train[k * rows : (k + 1) * rows] = x
+            placed[name] = y
+        else:
+            loose[name] = (x, y)
+        del x
     for name in (*_TRAIN_FILES, _TEST_FILE):
-        if name not in batches:
+        if name not in placed and name not in loose and not (name == _TEST_FILE and test):
             raise UserError(f"CIFAR-10 batch file {location(name)} is missing")
-    x_test, y_test = batches.pop(_TEST_FILE)
-    # Fill the training arrays batch by batch, dropping each batch once copied: np.empty only
-    # commits pages as they are written, so peak memory stays near one copy of the data.
-    n = sum(len(batches[name][1]) for name in _TRAIN_FILES)
-    x_train, y_train = np.empty((n, N_FEATURES), np.uint8), np.empty(n, np.int64)
-    row = 0
-    for name in _TRAIN_FILES:
-        x, y = batches.pop(name)
-        x_train[row : row + len(y)], y_train[row : row + len(y)] = x, y
-        row += len(y)
-        del x, y
+    if loose:
+        slots = {n: x_train[k * rows : (k + 1) * rows] for k, n in enumerate(_TRAIN_FILES) if n in placed}
+        x_train = np.concatenate([slots[n] if n in placed else loose[n][0] for n in _TRAIN_FILES])
+    y_train = np.concatenate([placed[n] if n in placed else loose[n][1] for n in _TRAIN_FILES])
     return CIFAR10(
         x_train=x_train,
         y_train=y_train,
-        x_test=x_test,
-        y_test=y_test,
+        x_test=test[0],
+        y_test=test[1],
         class_names=class_names,
     )
 
 
-def _unpickle(raw: bytes, where: str) -> dict:
+def _unpickle(raw: bytes | BinaryIO, where: str) -> dict:
     try:
-        content = pickle.loads(raw, encoding="bytes")
+        if isinstance(raw, bytes):
+            content = pickle.loads(raw, encoding="bytes")
+        else:
+            content = pickle.load(raw, encoding="bytes")
     except Exception as exc:  # a damaged pickle can fail in many different ways
         raise UserError(f"{where} is not a readable CIFAR-10 pickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(content, dict):

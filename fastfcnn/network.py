@@ -109,7 +109,7 @@ def backward(E, model, v: Views, smoothing: float, grads_w, grads_b, dropout: fl
     return float(v.row_loss.sum(dtype=np.float64))
 
 
-def evaluate(E, model, x, y, idx=None, batch: int = 1000) -> tuple:
+def evaluate(E, model, x, y, idx=None, batch: int = 256) -> tuple:
     """(mean loss, accuracy) of `model` on the uint8 images x[idx] (all of x if idx is None)
     with labels y[idx]."""
     if idx is None:
