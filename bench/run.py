@@ -23,6 +23,9 @@ ENGINES = common.ENGINES
 QUICK_TRAIN = 2_000
 PHASE_SECONDS = 0.25       # target wall time of one timed batch of phase sequences
 QUICK_PHASE_SECONDS = 0.03
+# Pause before timing another engine: OpenBLAS and OpenMP worker threads spin for a while after
+# their last call, and those spinning threads would steal the cores from the next engine.
+SETTLE_SECONDS = 0.5
 
 
 def _median(xs) -> float:
@@ -47,6 +50,7 @@ def time_phases(phase_sets: dict, repeats: int, seconds: float) -> dict:
     samples = {label: {name: [] for name in phases} for label, phases in phase_sets.items()}
     for _ in range(repeats):
         for label, phases in phase_sets.items():
+            time.sleep(SETTLE_SECONDS)
             spent = dict.fromkeys(phases, 0.0)
             for _ in range(numbers[label]):
                 for name, (fn, _) in phases.items():
@@ -101,6 +105,7 @@ def bench_net(net: str, data, engines, repeats: int, quick: bool, threads: int, 
     times = {e: [] for e in epoch_fns}
     for _ in range(repeats):
         for e, fn in epoch_fns.items():
+            time.sleep(SETTLE_SECONDS)
             times[e].append(fn())
     n = len(any_trainer.train_idx)
     for e, ts in times.items():
@@ -144,11 +149,22 @@ def _probe_data(args: dict):
     return common.synthetic_cifar(args["n_train"])
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries the parent's
+    high-water mark into a child across fork + exec, so a child of a big bench process would
+    report the parent's memory. VmHWM belongs to the child's own address space."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _probe_main(kind: str, args: dict) -> dict:
     """Runs in the child. 'startup': import, load data, build the seed trainer, time the first two
     steps (the first one compiles or loads every kernel). 'memory': train the seed net one epoch
     like `fastfcnn train` does (with validation and a test evaluation) and report peak RSS."""
-    import resource
 
     from fastfcnn.engine import set_threads
     set_threads(args["threads"])
@@ -174,8 +190,7 @@ def _probe_main(kind: str, args: dict) -> dict:
         trainer = Trainer(cfg, data)
         trainer.run()
         evaluate(trainer.E, trainer.model, data.x_test, data.y_test)
-        return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "n_train": int(len(data.y_train))}
+        return {"peak_rss_mb": _peak_rss_mb(), "n_train": int(len(data.y_train))}
     raise ValueError(kind)
 
 
