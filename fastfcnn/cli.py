@@ -247,7 +247,7 @@ def bench(
     data_dir: Optional[Path] = typer.Option(None, help="Time on the real CIFAR-10 train split in this folder instead of synthetic data."),
     threads: Optional[int] = typer.Option(None, help="Threads for the kernels, BLAS and torch. Default: all cores."),
     repeats: Optional[int] = typer.Option(None, help="Timed epochs per engine (median reported). Default: 3, or 1 with --quick."),
-    quick: bool = typer.Option(False, "--quick", help="Smoke run: 5,000 images, one timed repeat."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke run: 2,000 images, one timed repeat."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write every figure to this JSON file."),
 ):
     """Time training epochs, kernel phases, GFLOP/s against sgemm, JIT start-up and peak memory."""
