@@ -2,10 +2,31 @@
 
 FASTMATH lets LLVM reassociate and contract float32 sums so reductions vectorise into packed FMAs,
 but leaves out `nnan`/`ninf`: a diverging run must still produce NaN/inf that the trainer can see.
+
+Vector width: on CPUs with AVX-512, LLVM's tuning still prefers 256-bit vectors (older Xeons lower
+their clock for 512-bit code). On this project's bench machine (Xeon, AVX-512) 512-bit FMAs make a
+training step 8 % faster on both bench nets, so the kernels ask for them before Numba builds its
+code generator. Set NUMBA_CPU_FEATURES yourself to keep Numba's choice; the JIT cache is keyed by
+the feature string, so the two never mix.
 """
+import llvmlite.binding
 import numba
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+def wide_vector_features(host_features) -> str | None:
+    """The feature string that lets LLVM use 512-bit vectors, or None where there is no AVX-512."""
+    if not host_features.get("avx512f"):
+        return None
+    return host_features.flatten() + ",-prefer-256-bit"
+
+
+if numba.config.CPU_FEATURES is None:      # the user did not choose; Numba reads it on first compile
+    try:
+        numba.config.CPU_FEATURES = wide_vector_features(llvmlite.binding.get_host_cpu_features())
+    except RuntimeError:                    # LLVM cannot read this host's features: keep the default
+        pass
 
 
 def kernel(fn):

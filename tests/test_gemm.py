@@ -41,3 +41,25 @@ def test_block_remainders(m, n, k, mode):
 
 def test_empty_reduction_writes_zeros_plus_bias():
     check(5, 7, 0, R.BIAS)
+
+
+def test_wide_vectors_only_where_the_cpu_has_avx512():
+    from llvmlite.binding import FeatureMap
+    from fastfcnn.kernels.config import wide_vector_features
+
+    avx2 = FeatureMap(); avx2.update({"avx2": True, "fma": True, "avx512f": False})
+    assert wide_vector_features(avx2) is None
+    avx512 = FeatureMap(); avx512.update({"avx2": True, "avx512f": True})
+    assert wide_vector_features(avx512).split(",") == ["+avx2", "+avx512f", "-prefer-256-bit"]
+
+
+def test_kernels_compile_with_the_chosen_features():
+    import os
+    from llvmlite.binding import get_host_cpu_features
+    from numba.core.registry import cpu_target
+
+    features = cpu_target.target_context.codegen()._get_host_cpu_features()
+    if os.environ.get("NUMBA_CPU_FEATURES"):     # the user's choice is kept as given
+        assert features == os.environ["NUMBA_CPU_FEATURES"]
+    else:
+        assert features.endswith(",-prefer-256-bit") == bool(get_host_cpu_features().get("avx512f"))
