@@ -54,7 +54,7 @@ def test_gemm_nt(m, k, n, mode):
         assert (k_out >= 0).all() and (k_out == 0).any() == (r_out == 0).any()
 
 
-@pytest.mark.parametrize("m,n", [(1, 1), (7, 33), (129, 3072), (40, 65)])
+@pytest.mark.parametrize("m,n", [(1, 1), (7, 33), (129, 3072), (40, 65), (16, 32), (17, 15), (1024, 1024)])
 def test_transpose(m, n):
     src = np.arange(m * n, dtype=np.float32).reshape(m, n)
     dst = np.empty((n, m), np.float32)
