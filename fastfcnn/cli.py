@@ -176,28 +176,32 @@ def train(
         history = trainer.run()
     train_seconds = time.perf_counter() - started
     test_loss, test_acc = evaluate(trainer.E, trainer.model, data.x_test, data.y_test)
+    # A net trained on mirrored images can also be scored on both views of each test image.
+    tta_acc = evaluate(trainer.E, trainer.model, data.x_test, data.y_test, flip_tta=True)[1] if cfg.flip else None
     metrics = {
         "config": trainer.model.config, "preset": preset, "history": history, "test_loss": test_loss,
         "test_accuracy": test_acc, "train_seconds": train_seconds, "threads": n_threads,
         "versions": versions(), "n_train": len(trainer.train_idx), "n_val": len(trainer.val_idx),
         "n_test": len(data.y_test),
         "final": {"model": "model.npz", "epoch": len(history), "val_accuracy": history[-1]["val_accuracy"],
-                  "test_accuracy": test_acc, "test_loss": test_loss},
+                  "test_accuracy": test_acc, "test_loss": test_loss, "test_accuracy_flip_tta": tta_acc},
     }
     if cfg.patience:
         best = trainer.best_model()
         best_loss, best_acc = evaluate(trainer.E, best, data.x_test, data.y_test)
+        best_tta = evaluate(trainer.E, best, data.x_test, data.y_test, flip_tta=True)[1] if cfg.flip else None
         metrics["best_epoch"] = trainer.best_epoch
         metrics["best"] = {"model": "best.npz", "epoch": trainer.best_epoch,
                            "val_accuracy": trainer.best_val_accuracy, "test_accuracy": best_acc,
-                           "test_loss": best_loss}
+                           "test_loss": best_loss, "test_accuracy_flip_tta": best_tta}
 
     make_out_dir(out_dir)
     save_model(out_dir / "model.npz", trainer.model)
     if cfg.patience:
         save_model(out_dir / "best.npz", best)
     save_json(out_dir / "metrics.json", metrics)
-    out.print(f"test accuracy {100 * test_acc:.2f}% ({len(data.y_test)} images), "
+    tta = "" if tta_acc is None else f"; {100 * tta_acc:.2f}% with flip TTA"
+    out.print(f"test accuracy {100 * test_acc:.2f}% ({len(data.y_test)} images{tta}), "
               f"trained in {train_seconds:.1f} s; saved {out_dir / 'model.npz'}", highlight=False, soft_wrap=True)
     if cfg.patience:
         out.print(f"best validation accuracy {100 * trainer.best_val_accuracy:.2f}% at epoch {trainer.best_epoch}: "
@@ -213,6 +217,7 @@ def evaluate(
     threads: Optional[int] = typer.Option(None, help="Threads for the kernels. Default: all cores."),
     download: bool = typer.Option(True, help="Download CIFAR-10 if it is not in the data folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    flip_tta: bool = typer.Option(False, "--flip-tta", help="Test-time augmentation: average the logits of each image and its mirror image."),
 ):
     """Report a saved model's accuracy on the CIFAR-10 test set."""
     import json
@@ -230,13 +235,14 @@ def evaluate(
         raise UserError(f"the model takes {model.n_inputs} inputs but the data has {data.x_test.shape[1]} per image")
     if data.y_test.size and data.y_test.max() >= model.sizes[-1]:
         raise UserError(f"the data has labels up to {data.y_test.max()} but the model has {model.sizes[-1]} classes")
-    loss, acc = run_eval(E, model, data.x_test, data.y_test)
+    loss, acc = run_eval(E, model, data.x_test, data.y_test, flip_tta=flip_tta)
     result = {"test_accuracy": acc, "test_loss": loss, "n_test": int(len(data.y_test)),
-              "model": str(model_path), "sizes": model.sizes, "engine": engine}
+              "model": str(model_path), "sizes": model.sizes, "engine": engine, "flip_tta": flip_tta}
     if as_json:
         print(json.dumps(result))
     else:
-        out.print(f"test accuracy {100 * acc:.2f}%  loss {loss:.4f}  ({len(data.y_test)} images, "
+        tta = ", flip TTA" if flip_tta else ""
+        out.print(f"test accuracy {100 * acc:.2f}%  loss {loss:.4f}  ({len(data.y_test)} images{tta}, "
                   f"net {'-'.join(map(str, model.sizes))})", highlight=False)
 
 

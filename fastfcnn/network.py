@@ -109,21 +109,36 @@ def backward(E, model, v: Views, smoothing: float, grads_w, grads_b, dropout: fl
     return float(v.row_loss.sum(dtype=np.float64))
 
 
-def evaluate(E, model, x, y, idx=None, batch: int = 256) -> tuple:
+def evaluate(E, model, x, y, idx=None, batch: int = 256, flip_tta: bool = False) -> tuple:
     """(mean loss, accuracy) of `model` on the uint8 images x[idx] (all of x if idx is None)
-    with labels y[idx]."""
+    with labels y[idx].
+
+    flip_tta: test-time augmentation; each image is also classified mirrored left-right and the
+    two logits are averaged (images must be channel-planar squares, like CIFAR-10's).
+    """
     if idx is None:
         idx = np.arange(len(y), dtype=np.int64)
     n = len(idx)
     ws = workspace_for(model, min(batch, max(n, 1)))
     x_norm = model.input_transform()
+    if flip_tta:
+        no_shift = np.zeros(ws.capacity, np.int64)
+        mirror = np.ones(ws.capacity, bool)
+        first_view = np.empty((ws.capacity, model.sizes[-1]), F32)
     loss = 0.0
     correct = 0
     for s in range(0, n, ws.capacity):
         v = ws.rows(min(ws.capacity, n - s))
-        E.gather_batch(x, idx[s : s + v.n], v.xb)
-        np.take(y, idx[s : s + v.n], out=v.labels)
+        ids = idx[s : s + v.n]
+        E.gather_batch(x, ids, v.xb)
+        np.take(y, ids, out=v.labels)
         logits = forward(E, model, x_norm, v)
+        if flip_tta:
+            np.copyto(first_view[: v.n], logits)
+            E.gather_augment(x, ids, no_shift[: v.n], no_shift[: v.n], mirror[: v.n], E.PAD_ZERO, v.xb)
+            logits = forward(E, model, x_norm, v)
+            logits += first_view[: v.n]
+            logits *= F32(0.5)
         E.softmax_xent_grad(logits, v.labels, 0.0, v.deltas[-1], v.row_loss)
         loss += float(v.row_loss.sum(dtype=np.float64))
         correct += E.count_correct(logits, v.labels)

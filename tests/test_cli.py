@@ -278,3 +278,20 @@ def test_help_lists_presets_and_their_expansions():
     for option in ("--preset", "--optimizer", "--dropout", "--crop-pad", "--crop-mode", "--flip", "--whiten",
                    "--whiten-dims", "--whiten-eps", "--patience", "--nesterov", "--label-smoothing"):
         assert option in text
+
+
+def test_flip_tta_is_reported_by_train_and_reproduced_by_evaluate(tmp_path, data_dir):
+    out = tmp_path / "run"
+    result = run("train", "--data-dir", data_dir, "--out", out, *TRAIN, "--flip")
+    assert result.exit_code == 0, result.output
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    assert 0.5 <= final["test_accuracy_flip_tta"] <= 1.0
+    assert f"{100 * final['test_accuracy_flip_tta']:.2f}% with flip TTA" in result.output
+    result = run("evaluate", out / "model.npz", "--data-dir", data_dir, "--json", "--flip-tta")
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.output)
+    assert got["flip_tta"] is True and got["test_accuracy"] == final["test_accuracy_flip_tta"]
+    # Without --flip in training there is no mirror view to score.
+    result = run("train", "--data-dir", data_dir, "--out", tmp_path / "plain", *TRAIN)
+    final = json.loads((tmp_path / "plain" / "metrics.json").read_text())["final"]
+    assert final["test_accuracy_flip_tta"] is None and "flip TTA" not in result.output

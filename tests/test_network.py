@@ -202,3 +202,38 @@ def test_early_stopping_keeps_best_weights():
     best = t.best_model()
     _, acc = network.evaluate(t.E, best, data.x_train, data.y_train, t.val_idx)
     assert acc == max(accs)
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_flip_tta_averages_the_logits_of_both_mirror_images(engine):
+    rng = np.random.default_rng(5)
+    side, n = 4, 37                                  # 3 planes of 4x4 pixels; batches of 16 + a remainder
+    model = init_model([3 * side * side, 9, 4], [120.0] * 3, [60.0] * 3, list("abcd"), rng)
+    x = rng.integers(0, 256, (n, 3 * side * side), dtype=np.uint8)
+    y = rng.integers(0, 4, n).astype(np.int64)
+    idx = rng.permutation(n)[:29]
+    mirrored = x.reshape(n, 3, side, side)[..., ::-1].reshape(n, -1)
+
+    def logits64(images):
+        mean, inv_std = (a.astype(np.float64) for a in model.input_transform())
+        h = (images.astype(np.float64) - mean) * inv_std
+        h = np.maximum(h @ model.weights[0].astype(np.float64).T + model.biases[0], 0)
+        return h @ model.weights[1].astype(np.float64).T + model.biases[1]
+
+    avg = (logits64(x[idx]) + logits64(mirrored[idx])) / 2
+    log_p = avg - avg.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    want_loss = -log_p[np.arange(len(idx)), y[idx]].mean()
+    want_acc = (avg.argmax(axis=1) == y[idx]).mean()
+
+    E = get_engine(engine)
+    loss, acc = network.evaluate(E, model, x, y, idx, batch=16, flip_tta=True)
+    assert acc == want_acc
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    plain_loss, plain_acc = network.evaluate(E, model, x, y, idx, batch=16)
+    assert plain_loss != pytest.approx(loss, rel=1e-3)  # the mirror view changed the logits
+    # On images that are their own mirror image both views agree.
+    sym = np.concatenate([x.reshape(n, 3, side, side)[..., :2], x.reshape(n, 3, side, side)[..., 1::-1]], axis=3)
+    sym = np.ascontiguousarray(sym.reshape(n, -1))
+    assert network.evaluate(E, model, sym, y, idx, batch=16, flip_tta=True) == pytest.approx(
+        network.evaluate(E, model, sym, y, idx, batch=16), rel=1e-6)
