@@ -85,9 +85,9 @@ def step_phases(trainer: Trainer) -> dict:
         b, fan_in, fan_out = layer_shapes(trainer)[l]
 
         def bwd(l=l):
-            E.linear_grad_params(v.deltas[l + 1], v.acts[l], gw[l], gb[l], v.dyt[l], v.xt[l])
+            E.linear_grad_params(v.deltas[l + 1], v.acts[l], gw[l], gb[l], v.ws.pack)
             if l > 0:
-                E.linear_grad_input(v.deltas[l + 1], m.weights[l], v.acts[l], v.deltas[l], v.wt[l])
+                E.linear_grad_input(v.deltas[l + 1], m.weights[l], v.acts[l], v.deltas[l], v.ws.pack)
         phases[f"backward[{l}] {fan_in}x{fan_out}"] = (bwd, 2 * b * fan_in * fan_out * (2 if l > 0 else 1))
 
     def update():

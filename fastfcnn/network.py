@@ -5,6 +5,8 @@ functions with the same arguments, so this file is the whole algorithm for both.
 """
 import numpy as np
 
+from .kernels import pack_workspace
+
 F32 = np.float32
 
 
@@ -23,19 +25,24 @@ class Workspace:
         self.sizes = list(sizes)
         self.capacity = capacity
         self.raw_inputs = raw_inputs
-        big = max(sizes)
         self._xb = np.empty(capacity * (raw_inputs or sizes[0]), np.uint8)
         self._xn = None if raw_inputs is None else np.empty(capacity * raw_inputs, F32)
         self._drop_u = [np.empty(capacity * s, F32) if dropout and 0 < l < len(sizes) - 1 else None
                         for l, s in enumerate(sizes)]
         self._acts = [np.empty(capacity * s, F32) for s in sizes]        # acts[0]: normalised input
         self._deltas = [np.empty(capacity * s, F32) for s in sizes]      # dL/d(pre-activation)
-        self._dyt = np.empty(capacity * big, F32)                        # transpose scratch
-        self._xt = np.empty(capacity * big, F32)
         self._labels = np.empty(capacity, np.int64)
         self._row_loss = np.empty(capacity, F32)
-        self.wt = [np.empty((i, o), F32) for i, o in zip(sizes[:-1], sizes[1:])]
+        self._pack = None
         self._views = {}
+
+    @property
+    def pack(self) -> np.ndarray:
+        """Scratch of the backward products (kernels.gemm_op), allocated on first use: a pass that
+        only evaluates never needs it. The NumPy engine accepts it and leaves it alone."""
+        if self._pack is None:
+            self._pack = pack_workspace()
+        return self._pack
 
     def rows(self, n: int) -> "Views":
         if n not in self._views:
@@ -57,11 +64,9 @@ class Views:
         self.drop_u = [None if u is None else u[: n * s].reshape(n, s) for u, s in zip(ws._drop_u, sizes)]
         self.acts = [a[: n * s].reshape(n, s) for a, s in zip(ws._acts, sizes)]
         self.deltas = [d[: n * s].reshape(n, s) for d, s in zip(ws._deltas, sizes)]
-        self.dyt = [ws._dyt[: n * s].reshape(s, n) for s in sizes[1:]]
-        self.xt = [ws._xt[: n * s].reshape(s, n) for s in sizes[:-1]]
         self.labels = ws._labels[:n]
         self.row_loss = ws._row_loss[:n]
-        self.wt = ws.wt
+        self.ws = ws
 
 
 def workspace_for(model, capacity: int, dropout: bool = False) -> Workspace:
@@ -101,9 +106,9 @@ def backward(E, model, v: Views, smoothing: float, grads_w, grads_b, dropout: fl
     last = len(model.weights) - 1
     E.softmax_xent_grad(v.acts[-1], v.labels, smoothing, v.deltas[-1], v.row_loss)
     for l in range(last, -1, -1):
-        E.linear_grad_params(v.deltas[l + 1], v.acts[l], grads_w[l], grads_b[l], v.dyt[l], v.xt[l])
+        E.linear_grad_params(v.deltas[l + 1], v.acts[l], grads_w[l], grads_b[l], v.ws.pack)
         if l > 0:
-            E.linear_grad_input(v.deltas[l + 1], model.weights[l], v.acts[l], v.deltas[l], v.wt[l])
+            E.linear_grad_input(v.deltas[l + 1], model.weights[l], v.acts[l], v.deltas[l], v.ws.pack)
             if dropout > 0:
                 E.dropout(v.deltas[l], v.drop_u[l], F32(dropout))
     return float(v.row_loss.sum(dtype=np.float64))

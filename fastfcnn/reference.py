@@ -19,8 +19,14 @@ def gemm_nt(a, b, out, bias, mask, mode):
             np.maximum(out, 0, out=out)
 
 
-def transpose(src, dst):
-    dst[...] = src.T
+def gemm_op(a, trans_a, b, out, mask, mode, pack):
+    np.matmul(a.T if trans_a else a, b, out=out)
+    if mode == MASK:
+        out *= mask > 0
+
+
+def pack_workspace() -> np.ndarray:
+    return np.empty((1, 0), np.float32)   # NumPy's BLAS packs for itself
 
 
 def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out):
@@ -33,12 +39,12 @@ def linear_forward(x, w, b, relu, out):
     gemm_nt(x, w, out, b, out, BIAS_RELU if relu else BIAS)
 
 
-def linear_grad_params(dy, x, dw, db, dyt, xt):
+def linear_grad_params(dy, x, dw, db, pack):
     np.matmul(dy.T, x, out=dw)
     np.sum(dy, axis=0, out=db)
 
 
-def linear_grad_input(dy, w, x, dx, wt):
+def linear_grad_input(dy, w, x, dx, pack):
     np.matmul(dy, w, out=dx)
     dx *= x > 0
 

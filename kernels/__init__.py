@@ -3,7 +3,7 @@ from .dropout import dropout
 from .gather import PAD_REFLECT, PAD_ZERO, gather_augment, gather_batch
 from .linear import input_linear_forward, linear_forward, linear_grad_input, linear_grad_params
 from .loss import count_correct, softmax_xent_grad
-from .matmul import gemm_nt, transpose
+from .matmul import gemm_nt, gemm_op, pack_workspace
 from .optim import adam_update, sgd_momentum_update
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "adam_update",
     "dropout",
     "gemm_nt",
-    "transpose",
+    "gemm_op",
+    "pack_workspace",
 ]

@@ -1,12 +1,14 @@
 """Fully connected layers: forward with fused bias + ReLU, backward for weights and inputs.
 
-Weights are stored (out, in), like PyTorch, so every product is a gemm_nt (out = a @ b.T).
+Weights are stored (out, in), like PyTorch. The forward product is a gemm_nt (out = a @ b.T, dot
+products along the long input dimension); the backward ones are gemm_op outer products (dw =
+dy.T @ x reduces over the short batch; dx = dy @ w), which read the operands as they are stored.
 """
 import numpy as np
 from numba import prange
 
 from .config import composite, kernel
-from .matmul import BIAS, BIAS_RELU, MASK, PLAIN, gemm_nt, transpose
+from .matmul import BIAS, BIAS_RELU, MASK, PLAIN, gemm_nt, gemm_op
 
 
 @kernel
@@ -31,26 +33,37 @@ def linear_forward(x, w, b, relu, out):
     gemm_nt(x, w, out, b, out, BIAS_RELU if relu else BIAS)
 
 
+# The backward functions are plain Python around gemm_op: called from another Numba function,
+# gemm_op's large micro-kernel would be optimised again inside each caller (about 20 s of cold
+# compile each); called from Python it is compiled once.
+
+
 @kernel
-def linear_grad_params(dy, x, dw, db, dyt, xt):
+def bias_grad(dy, db):
+    """db (H,) = dy (B,H) summed over the batch; 64 columns per task, rows added in order."""
+    h = dy.shape[1]
+    for jb in prange((h + 63) // 64):
+        j0 = jb * 64
+        j1 = min(j0 + 64, h)
+        acc = db[j0:j1]
+        for j in range(j1 - j0):
+            acc[j] = np.float32(0)
+        for i in range(dy.shape[0]):
+            row = dy[i, j0:j1]
+            for j in range(j1 - j0):
+                acc[j] += row[j]
+
+
+def linear_grad_params(dy, x, dw, db, pack):
     """dw (H,D) = dy.T @ x and db (H,) = dy summed over the batch.
 
-    dy (B,H), x (B,D) the layer input; dyt (H,B) and xt (D,B) are transpose workspaces.
+    dy (B,H), x (B,D) the layer input; pack = pack_workspace(), gemm_op's scratch.
     """
-    transpose(dy, dyt)
-    for j in prange(dyt.shape[0]):
-        row = dyt[j]
-        s = np.float32(0)
-        for i in range(row.shape[0]):
-            s += row[i]
-        db[j] = s
-    transpose(x, xt)
-    gemm_nt(dyt, xt, dw, db, dw, PLAIN)
+    bias_grad(dy, db)
+    gemm_op(dy, True, x, dw, dw, PLAIN, pack)
 
 
-@composite
-def linear_grad_input(dy, w, x, dx, wt):
+def linear_grad_input(dy, w, x, dx, pack):
     """dx (B,D) = (dy (B,H) @ w (H,D)) * (x > 0): the gradient through this layer and the ReLU
-    that produced its input x. wt (D,H) is a transpose workspace."""
-    transpose(w, wt)
-    gemm_nt(dy, wt, dx, dy[0], x, MASK)
+    that produced its input x. pack = pack_workspace(), gemm_op's scratch."""
+    gemm_op(dy, False, w, dx, x, MASK, pack)

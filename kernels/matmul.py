@@ -1,20 +1,28 @@
-"""The one matrix product every layer uses, plus the transpose that feeds it.
+"""The matrix products of every layer: two kernels, each shaped for the products it serves.
 
-`gemm_nt` computes out = a @ b.T: both operands are read along their rows, so each output element
+`gemm_nt` (forward: out = x @ w.T) reads both operands along their rows, so each output element
 is a contiguous dot product that LLVM vectorises into packed FMAs (fastmath lets it reassociate).
 A 4x6 register tile reuses every loaded vector four or six times. The reduction dimension is cut into
 blocks of KC so the six rows of b a tile reads (6 x KC floats) stay in L1 while the tile walks
 down the rows of a (MB x KC, in L2); partial sums of later blocks are added to `out`.
 Parallel over MB x NB blocks of `out`: every element of `out` is written by exactly one prange
 iteration, so results are race-free and identical run to run for a given thread count.
+A dot product ends in a horizontal sum of its vector, which costs little when the reduction is
+the 3072 inputs of a layer and a third of the time when it is the 256 rows of a batch.
+
+`gemm_op` (backward: dw = dy.T @ x, dx = dy @ w) is built the other way round, like BLAS: an 8x32
+tile of outer products (kernels/tile.py) over packed panels, with no horizontal sums and no
+transposed copies of its operands. It needs LLVM's SLP vectoriser (turned on in config.py).
 
 Row slices (`a[i, k0:k1]`) index from 0 in the hot loop: an index Numba can prove non-negative
 needs no wraparound check, which would otherwise turn every vector load into a gather.
 """
+import numba
 import numpy as np
 from numba import prange
 
 from .config import kernel, serial_kernel
+from .tile import TM as OM, TN as ON, tile
 
 TM, TN = 4, 6  # register tile: TM rows of a x TN rows of b
 KC = 1024    # reduction block (floats)
@@ -127,21 +135,111 @@ def gemm_nt(a, b, out, bias, mask, mode):
         _epilogue(out, i0, i1, j0, j1, bias, mask, mode)
 
 
-@kernel
-def transpose(src, dst):
-    """dst = src.T; src (M,N), dst (N,M). Parallel over 16-row blocks of dst.
+# The outer-product products (gemm_op) cut out into OMB x ONB blocks, one per parallel task, and
+# the reduction into blocks of OKC. Each task packs its slice of op(a) into OM-row panels and its
+# slice of b into ON-column panels, (OKC, OM) and (OKC, ON) each, so the micro-kernel streams
+# both from contiguous memory: a b panel (32 KB) stays in L1 while the a panels stream from L2.
+OKC = 256
+OMB = 256    # a multiple of OM
+ONB = 256    # a multiple of ON
+_PA = OMB * OKC
+_PB = ONB * OKC
+_EDGE = OM * ON
+PACK_FLOATS = _PA + _PB + _EDGE + OKC + 1    # per thread: a panels, b panels, edge tile, chain
 
-    Each block is copied in 16x16 tiles, so the 16 rows of src and of dst a tile touches stay in
-    L1 even when their stride is a multiple of 4 KB (every row in the same cache set): 3x faster
-    than a block at a time on 1024x1024.
+
+def pack_workspace() -> np.ndarray:
+    """Scratch for gemm_op: one row of PACK_FLOATS per Numba thread (about 0.5 MB each)."""
+    return np.empty((numba.config.NUMBA_NUM_THREADS, PACK_FLOATS), np.float32)
+
+
+@serial_kernel
+def _pack_rows(src, panels, c0, c1, k0, kn):
+    """panels[t, k, q] = src[k0 + k, c0 + t*w + q], zero past column c1 (w = panels.shape[2]):
+    a row of src gives one k of a panel."""
+    w = panels.shape[2]
+    for t in range((c1 - c0 + w - 1) // w):
+        p = panels[t]
+        s0 = c0 + t * w
+        cols = min(w, c1 - s0)
+        for k in range(kn):
+            row = src[k0 + k, s0 : s0 + cols]
+            dst = p[k]
+            for q in range(cols):
+                dst[q] = row[q]
+            for q in range(cols, w):
+                dst[q] = np.float32(0)
+
+
+@serial_kernel
+def _pack_cols(src, panels, r0, r1, k0, kn):
+    """panels[t, k, q] = src[r0 + t*w + q, k0 + k], zero past row r1 (w = panels.shape[2]):
+    a row of src gives one column of a panel."""
+    w = panels.shape[2]
+    for t in range((r1 - r0 + w - 1) // w):
+        p = panels[t]
+        s0 = r0 + t * w
+        rows = min(w, r1 - s0)
+        for q in range(w):
+            if q < rows:
+                row = src[s0 + q, k0 : k0 + kn]
+                for k in range(kn):
+                    p[k, q] = row[k]
+            else:
+                for k in range(kn):
+                    p[k, q] = np.float32(0)
+
+
+@kernel
+def gemm_op(a, trans_a, b, out, mask, mode, pack):
+    """out = epilogue(op(a) @ b), op(a) = a.T if trans_a else a; the backward pass's products.
+
+    a (K,M) if trans_a else (M,K); b (K,N); out (M,N); mode PLAIN or MASK (mask (M,N), see
+    gemm_nt); pack = pack_workspace(). Register tiles of OM x ON outer products (kernels/tile.py):
+    no horizontal sums, so a reduction as short as a batch costs nothing extra, and neither
+    operand needs transposing. Every element of out is written by one prange iteration; the
+    pack row a thread uses is rewritten before it is read, so results do not depend on which
+    thread ran which block.
     """
-    m, n = src.shape
-    for jb in prange((n + 15) // 16):
-        j0 = jb * 16
-        j1 = min(j0 + 16, n)
-        for i0 in range(0, m, 16):
-            i1 = min(i0 + 16, m)
-            s, d = src[i0:i1, j0:j1], dst[j0:j1, i0:i1]   # re-based views: indices from 0, no wraparound checks
-            for j in range(j1 - j0):
-                for i in range(i1 - i0):
-                    d[j, i] = s[i, j]
+    m, n = out.shape
+    kk = b.shape[0]
+    if pack.shape[1] < PACK_FLOATS:
+        raise ValueError("gemm_op: pack rows are shorter than pack_workspace()'s")
+    mb = (m + OMB - 1) // OMB
+    nb = (n + ONB - 1) // ONB
+    for t in prange(mb * nb):
+        ws = pack[numba.get_thread_id()]     # < NUMBA_NUM_THREADS, the rows of pack_workspace()
+        pa = ws[:_PA].reshape((OMB // OM, OKC, OM))
+        pb = ws[_PA : _PA + _PB].reshape((ONB // ON, OKC, ON))
+        edge = ws[_PA + _PB : _PA + _PB + _EDGE].reshape((OM, ON))
+        chain = ws[_PA + _PB + _EDGE :]
+        i0 = (t // nb) * OMB
+        j0 = (t % nb) * ONB
+        i1 = min(i0 + OMB, m)
+        j1 = min(j0 + ONB, n)
+        for k0 in range(0, max(kk, 1), OKC):     # one empty block when kk == 0, so out is still written
+            kn = min(OKC, kk - k0)
+            if trans_a:                          # a (K, M)
+                _pack_rows(a, pa, i0, i1, k0, kn)
+            else:                                # a (M, K)
+                _pack_cols(a, pa, i0, i1, k0, kn)
+            _pack_rows(b, pb, j0, j1, k0, kn)
+            for jt in range((j1 - j0 + ON - 1) // ON):
+                j = j0 + jt * ON
+                for it in range((i1 - i0 + OM - 1) // OM):
+                    i = i0 + it * OM
+                    full = i + OM <= i1 and j + ON <= j1
+                    dst = out if full else edge  # a partial tile is computed whole into edge, then cropped
+                    tile(pa[it], pb[jt], dst, i if full else 0, j if full else 0, kn, full and k0 > 0, chain)
+                    if not full:
+                        _add_edge(edge, out, i, min(i + OM, i1), j, min(j + ON, j1), k0 > 0)
+        _epilogue(out, i0, i1, j0, j1, mask[0], mask, mode)
+
+
+@serial_kernel
+def _add_edge(edge, out, i0, i1, j0, j1, accumulate):
+    for i in range(i1 - i0):
+        src = edge[i]
+        dst = out[i0 + i, j0:j1]
+        for j in range(j1 - j0):
+            dst[j] = dst[j] + src[j] if accumulate else src[j]

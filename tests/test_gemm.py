@@ -1,5 +1,6 @@
-"""gemm_nt against NumPy on shapes that hit every remainder of its tiling: the 4x6 register tile,
-the MB x NB parallel blocks and the KC reduction blocks (see kernels/matmul.py)."""
+"""gemm_nt and gemm_op against NumPy on shapes that hit every remainder of their tilings: the
+register tiles (4x6 dot products, 8x32 outer products), the parallel blocks and the reduction
+blocks (see kernels/matmul.py)."""
 import numpy as np
 import pytest
 
@@ -41,6 +42,67 @@ def test_block_remainders(m, n, k, mode):
 
 def test_empty_reduction_writes_zeros_plus_bias():
     check(5, 7, 0, R.BIAS)
+
+
+PACK = K.pack_workspace()
+
+
+def check_op(m, n, k, trans_a, mode=R.PLAIN, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    mask = rng.standard_normal((m, n), dtype=np.float32)
+    got = np.full((m, n), np.nan, np.float32)
+    K.gemm_op(a, trans_a, b, got, mask, mode, PACK)
+    want = (a.T if trans_a else a).astype(np.float64) @ b
+    if mode == R.MASK:
+        want *= mask > 0
+    scale = max(float(np.abs(want).max()), 1.0) if want.size else 1.0
+    err = float(np.abs(got - want).max()) / scale if want.size else 0.0
+    assert err <= 1e-5 * max(1.0, np.sqrt(k) / 16), (m, n, k, trans_a, err)
+
+
+@pytest.mark.parametrize("m", [1, 7, 8, 9, 17])
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 65])
+@pytest.mark.parametrize("trans_a", [True, False])
+def test_op_tile_remainders(m, n, trans_a):
+    check_op(m, n, 9, trans_a, seed=m * 1000 + n)
+
+
+@pytest.mark.parametrize("m,n", [(matmul.OMB + 1, matmul.ONB + 33), (matmul.OMB - 1, 2 * matmul.ONB + 3),
+                                 (2 * matmul.OMB + 5, matmul.ONB - 1)])
+@pytest.mark.parametrize("k", [1, matmul.OKC - 1, matmul.OKC + 1, 2 * matmul.OKC + 3])
+@pytest.mark.parametrize("trans_a", [True, False])
+@pytest.mark.parametrize("mode", [R.PLAIN, R.MASK])
+def test_op_block_remainders(m, n, k, trans_a, mode):
+    check_op(m, n, k, trans_a, mode, seed=k + m)
+
+
+def test_op_empty_reduction_writes_zeros():
+    check_op(9, 33, 0, True)
+    check_op(9, 33, 0, False)
+
+
+def test_op_results_do_not_depend_on_the_thread_count():
+    from fastfcnn.engine import max_threads, set_threads
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((300, 600), dtype=np.float32)
+    b = rng.standard_normal((300, 700), dtype=np.float32)
+    outs = []
+    for threads in (1, max_threads(), 1):
+        set_threads(threads)
+        out = np.empty((600, 700), np.float32)
+        K.gemm_op(a, True, b, out, out, R.PLAIN, PACK)
+        outs.append(out)
+    set_threads(None)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_op_rejects_a_pack_that_is_too_small():
+    a = np.ones((4, 4), np.float32)
+    with pytest.raises(ValueError, match="pack"):
+        K.gemm_op(a, True, a, a.copy(), a, R.PLAIN, np.empty((PACK.shape[0], 10), np.float32))
 
 
 def test_wide_vectors_only_where_the_cpu_has_avx512():
