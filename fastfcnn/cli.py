@@ -204,8 +204,10 @@ def train(
     out.print(f"test accuracy {100 * test_acc:.2f}% ({len(data.y_test)} images{tta}), "
               f"trained in {train_seconds:.1f} s; saved {out_dir / 'model.npz'}", highlight=False, soft_wrap=True)
     if cfg.patience:
+        best_tta_text = "" if best_tta is None else f" ({100 * best_tta:.2f}% with flip TTA)"
         out.print(f"best validation accuracy {100 * trainer.best_val_accuracy:.2f}% at epoch {trainer.best_epoch}: "
-                  f"test accuracy {100 * best_acc:.2f}%; saved {out_dir / 'best.npz'}", highlight=False, soft_wrap=True)
+                  f"test accuracy {100 * best_acc:.2f}%{best_tta_text}; saved {out_dir / 'best.npz'}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -5,19 +5,28 @@ but leaves out `nnan`/`ninf`: a diverging run must still produce NaN/inf that th
 
 Vector width: on CPUs with AVX-512, LLVM's tuning still prefers 256-bit vectors (older Xeons lower
 their clock for 512-bit code). On this project's bench machine (Xeon, AVX-512) 512-bit FMAs make a
-training step 8 % faster on both bench nets, so the kernels ask for them before Numba builds its
-code generator. Set NUMBA_CPU_FEATURES yourself to keep Numba's choice; the JIT cache is keyed by
-the feature string, so the two never mix.
+training step 8 % faster on both bench nets, so NUMBA_CPU_FEATURES is set to the host's features
+plus "-prefer-256-bit" unless you set it yourself. The JIT cache is keyed by the feature string.
 
 SLP vectoriser: Numba leaves it off by default; the outer-product micro-kernel (kernels/tile.py)
-needs it to pack its scalar accumulators into vector registers. NUMBA_SLP_VECTORIZE=0 overrides.
+needs it to pack its scalar accumulators into vector registers, so NUMBA_SLP_VECTORIZE defaults
+to 1 here. The JIT cache does not record this setting: after running with
+NUMBA_SLP_VECTORIZE=0, delete the __pycache__ folders of kernels/ to get the fast code back.
+
+Both are set in os.environ (so they also reach child processes, and survive Numba re-reading its
+configuration whenever a NUMBA_* variable changes), then Numba's configuration is reloaded. This
+must happen before Numba first compiles, which is why it happens on import.
 """
 import os
 
 import llvmlite.binding
 import numba
+import numba.core.config
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+USER_CPU_FEATURES = os.environ.get("NUMBA_CPU_FEATURES")     # None: not chosen by the user
+USER_SLP_VECTORIZE = os.environ.get("NUMBA_SLP_VECTORIZE")
 
 
 def wide_vector_features(host_features) -> str | None:
@@ -27,15 +36,15 @@ def wide_vector_features(host_features) -> str | None:
     return host_features.flatten() + ",-prefer-256-bit"
 
 
-if numba.config.CPU_FEATURES is None:      # the user did not choose; Numba reads it on first compile
+if USER_CPU_FEATURES is None:
     try:
-        numba.config.CPU_FEATURES = wide_vector_features(llvmlite.binding.get_host_cpu_features())
+        wide = wide_vector_features(llvmlite.binding.get_host_cpu_features())
     except RuntimeError:                    # LLVM cannot read this host's features: keep the default
-        pass
-
-
-if "NUMBA_SLP_VECTORIZE" not in os.environ:
-    numba.config.SLP_VECTORIZE = 1
+        wide = None
+    if wide is not None:
+        os.environ["NUMBA_CPU_FEATURES"] = wide
+os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
+numba.core.config.reload_config()
 
 
 def kernel(fn):

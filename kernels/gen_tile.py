@@ -3,8 +3,10 @@
     python -m fastfcnn.kernels.gen_tile      (or: python kernels/gen_tile.py)
 
 Numba has no SIMD types, so the tile is spelled out as TM x TN scalar accumulators; with LLVM's
-SLP vectoriser on they become TM x TN/16 zmm (or ymm) registers, and each step of k is TN/16
-vector loads of b, TM broadcasts of a and TM x TN/16 FMAs. The generated file is committed;
+SLP vectoriser on they become TM x TN/16 zmm registers with AVX-512 (16 of the 32), and each step
+of k is TN/16 vector loads of b, TM broadcasts of a and TM x TN/16 FMAs. With AVX2 the same tile
+needs 32 ymm accumulators, more than the 16 registers, and spills; on the bench machine with
+AVX-512 turned off (NUMBA_CPU_FEATURES) 6x16 and 4x24 tiles were not measurably faster. The generated file is committed;
 rerun this script after changing it.
 """
 from pathlib import Path

@@ -8,7 +8,8 @@ down the rows of a (MB x KC, in L2); partial sums of later blocks are added to `
 Parallel over MB x NB blocks of `out`: every element of `out` is written by exactly one prange
 iteration, so results are race-free and identical run to run for a given thread count.
 A dot product ends in a horizontal sum of its vector, which costs little when the reduction is
-the 3072 inputs of a layer and a third of the time when it is the 256 rows of a batch.
+the 3072 inputs of a layer; in the backward products it runs over the 128 or 256 rows of a batch,
+where those sums took about a third of the time: hence a second kernel.
 
 `gemm_op` (backward: dw = dy.T @ x, dx = dy @ w) is built the other way round, like BLAS: an 8x32
 tile of outer products (kernels/tile.py) over packed panels, with no horizontal sums and no
@@ -140,8 +141,8 @@ def gemm_nt(a, b, out, bias, mask, mode):
 # slice of b into ON-column panels, (OKC, OM) and (OKC, ON) each, so the micro-kernel streams
 # both from contiguous memory: a b panel (32 KB) stays in L1 while the a panels stream from L2.
 OKC = 256
-OMB = 256    # a multiple of OM
-ONB = 256    # a multiple of ON
+OMB = 256 // OM * OM    # about 256, a multiple of OM
+ONB = 256 // ON * ON    # about 256, a multiple of ON
 _PA = OMB * OKC
 _PB = ONB * OKC
 _EDGE = OM * ON
@@ -190,21 +191,34 @@ def _pack_cols(src, panels, r0, r1, k0, kn):
                     p[k, q] = np.float32(0)
 
 
-@kernel
 def gemm_op(a, trans_a, b, out, mask, mode, pack):
     """out = epilogue(op(a) @ b), op(a) = a.T if trans_a else a; the backward pass's products.
 
     a (K,M) if trans_a else (M,K); b (K,N); out (M,N); mode PLAIN or MASK (mask (M,N), see
-    gemm_nt); pack = pack_workspace(). Register tiles of OM x ON outer products (kernels/tile.py):
-    no horizontal sums, so a reduction as short as a batch costs nothing extra, and neither
-    operand needs transposing. Every element of out is written by one prange iteration; the
-    pack row a thread uses is rewritten before it is read, so results do not depend on which
-    thread ran which block.
+    gemm_nt); pack = pack_workspace(), which two calls running at the same time must not share.
+    Register tiles of OM x ON outer products (kernels/tile.py): no horizontal sums, so a
+    reduction as short as a batch costs nothing extra, and neither operand needs transposing.
+    Every element of out is written by one prange iteration; the pack row a thread uses is
+    rewritten before it is read, so results do not depend on which thread ran which block.
+
+    Checks its arguments in Python first: the kernel indexes without bounds checks.
     """
     m, n = out.shape
+    k = b.shape[0]
+    if mode not in (PLAIN, MASK):
+        raise ValueError("gemm_op: mode must be PLAIN or MASK")
+    if a.shape != ((k, m) if trans_a else (m, k)) or b.shape[1] != n or (mode == MASK and mask.shape != out.shape):
+        raise ValueError(f"gemm_op: shapes do not fit: a {a.shape}, trans_a {trans_a}, b {b.shape}, "
+                         f"out {out.shape}, mask {mask.shape}")
+    if pack.ndim != 2 or pack.shape[0] < numba.get_num_threads() or pack.shape[1] < PACK_FLOATS:
+        raise ValueError("gemm_op: pack is smaller than pack_workspace()")
+    _gemm_op(a, trans_a, b, out, mask, mode, pack)
+
+
+@kernel
+def _gemm_op(a, trans_a, b, out, mask, mode, pack):
+    m, n = out.shape
     kk = b.shape[0]
-    if pack.shape[1] < PACK_FLOATS:
-        raise ValueError("gemm_op: pack rows are shorter than pack_workspace()'s")
     mb = (m + OMB - 1) // OMB
     nb = (n + ONB - 1) // ONB
     for t in prange(mb * nb):

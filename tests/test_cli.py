@@ -295,3 +295,14 @@ def test_flip_tta_is_reported_by_train_and_reproduced_by_evaluate(tmp_path, data
     result = run("train", "--data-dir", data_dir, "--out", tmp_path / "plain", *TRAIN)
     final = json.loads((tmp_path / "plain" / "metrics.json").read_text())["final"]
     assert final["test_accuracy_flip_tta"] is None and "flip TTA" not in result.output
+
+
+def test_flip_tta_of_the_best_model_with_patience(tmp_path, data_dir):
+    out = tmp_path / "run"
+    result = run("train", "--data-dir", data_dir, "--out", out, "--hidden", "16", "--epochs", "6",
+                 "--batch-size", "32", "--val-size", "60", "--patience", "2", "--flip", "--quiet")
+    assert result.exit_code == 0, result.output
+    best = metrics_of(out)["best"]
+    got = run("evaluate", out / "best.npz", "--data-dir", data_dir, "--json", "--flip-tta")
+    assert json.loads(got.output)["test_accuracy"] == best["test_accuracy_flip_tta"]
+    assert f"({100 * best['test_accuracy_flip_tta']:.2f}% with flip TTA); saved" in result.output

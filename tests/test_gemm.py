@@ -1,6 +1,8 @@
 """gemm_nt and gemm_op against NumPy on shapes that hit every remainder of their tilings: the
 register tiles (4x6 dot products, 8x32 outer products), the parallel blocks and the reduction
 blocks (see kernels/matmul.py)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -86,23 +88,40 @@ def test_op_empty_reduction_writes_zeros():
 def test_op_results_do_not_depend_on_the_thread_count():
     from fastfcnn.engine import max_threads, set_threads
 
+    if max_threads() < 2:
+        pytest.skip("needs 2 cores")
     rng = np.random.default_rng(1)
     a = rng.standard_normal((300, 600), dtype=np.float32)
     b = rng.standard_normal((300, 700), dtype=np.float32)
     outs = []
-    for threads in (1, max_threads(), 1):
-        set_threads(threads)
-        out = np.empty((600, 700), np.float32)
-        K.gemm_op(a, True, b, out, out, R.PLAIN, PACK)
-        outs.append(out)
-    set_threads(None)
+    try:
+        for threads in (1, max_threads(), 1):
+            set_threads(threads)
+            out = np.empty((600, 700), np.float32)
+            K.gemm_op(a, True, b, out, out, R.PLAIN, PACK)
+            outs.append(out)
+    finally:
+        set_threads(None)
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
 
 
-def test_op_rejects_a_pack_that_is_too_small():
-    a = np.ones((4, 4), np.float32)
-    with pytest.raises(ValueError, match="pack"):
-        K.gemm_op(a, True, a, a.copy(), a, R.PLAIN, np.empty((PACK.shape[0], 10), np.float32))
+def test_op_rejects_what_its_unchecked_kernel_would_read_or_write_out_of_bounds():
+    a = np.ones((4, 5), np.float32)
+    out = np.zeros((5, 6), np.float32)
+    b = np.ones((4, 6), np.float32)
+    K.gemm_op(a, True, b, out, out, R.PLAIN, PACK)
+    assert (out == 4).all()
+    bad = [
+        (a, True, b, out, out, R.PLAIN, np.empty((PACK.shape[0], 10), np.float32)),   # short rows
+        (a, True, b, out, out, R.PLAIN, np.empty((0, PACK.shape[1]), np.float32)),    # no rows
+        (a, True, b, out, out, R.BIAS, PACK),                                          # not a gemm_op mode
+        (a, False, b, out, out, R.PLAIN, PACK),                                        # a is (K,M), not (M,K)
+        (a, True, b[:, :5], out, out, R.PLAIN, PACK),                                  # b too narrow
+        (a, True, b, out, out[:4], R.MASK, PACK),                                      # mask too short
+    ]
+    for args in bad:
+        with pytest.raises(ValueError, match="gemm_op"):
+            K.gemm_op(*args)
 
 
 def test_wide_vectors_only_where_the_cpu_has_avx512():
@@ -116,12 +135,19 @@ def test_wide_vectors_only_where_the_cpu_has_avx512():
 
 
 def test_kernels_compile_with_the_chosen_features():
-    import os
+    import numba
     from llvmlite.binding import get_host_cpu_features
     from numba.core.registry import cpu_target
 
-    features = cpu_target.target_context.codegen()._get_host_cpu_features()
-    if os.environ.get("NUMBA_CPU_FEATURES"):     # the user's choice is kept as given
-        assert features == os.environ["NUMBA_CPU_FEATURES"]
+    from fastfcnn.kernels import config
+
+    built = cpu_target.target_context.codegen()._tm_features   # what the code generator really uses
+    if config.USER_CPU_FEATURES:                                 # the user's choice is kept as given
+        assert built == config.USER_CPU_FEATURES
     else:
-        assert features.endswith(",-prefer-256-bit") == bool(get_host_cpu_features().get("avx512f"))
+        assert built.endswith(",-prefer-256-bit") == bool(get_host_cpu_features().get("avx512f"))
+    # Numba re-reads its configuration from the environment when a NUMBA_* variable changes: the
+    # settings live there, so they survive it.
+    numba.core.config.reload_config()
+    want = 1 if config.USER_SLP_VECTORIZE is None else int(config.USER_SLP_VECTORIZE)
+    assert numba.config.SLP_VECTORIZE == want
