@@ -18,8 +18,9 @@ PRESETS = {
     },
     # A wide net tuned for accuracy per CPU-minute, aiming at >= 70 % within 60 minutes on 2 cores
     # (measured on JPEG-75 CIFAR-10: 70.1 % test after 240 epochs in 57.3 min at 13.7 s an epoch;
-    # with the earlier backward kernels, 17.0 s an epoch, 64.6 % after 100 and 68.5 % after 180). In a 6-epoch 1024-1024 pilot ZCA whitening (eps 0.1) was both
-    # slower per epoch (x1.8) and behind (44.7 % vs 50.8 % validation), so it is left off.
+    # with the earlier backward kernels, 17.0 s an epoch, 64.6 % after 100 and 68.5 % after 180).
+    # In a 6-epoch 1024-1024 pilot ZCA whitening (eps 0.1) was both slower per epoch (x1.8) and
+    # behind (44.7 % vs 50.8 % validation), so it is left off.
     "wide": {
         "hidden": [2048, 2048], "epochs": 240, "batch_size": 256, "lr": 0.02, "lr_schedule": "onecycle",
         "warmup_epochs": 3.0, "nesterov": True, "weight_decay": 5e-4, "label_smoothing": 0.1,

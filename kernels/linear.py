@@ -33,9 +33,9 @@ def linear_forward(x, w, b, relu, out):
     gemm_nt(x, w, out, b, out, BIAS_RELU if relu else BIAS)
 
 
-# The backward functions are plain Python around gemm_op: called from another Numba function,
-# gemm_op's large micro-kernel would be optimised again inside each caller (about 20 s of cold
-# compile each); called from Python it is compiled once.
+# The backward functions are plain Python around gemm_op, which checks its arguments in Python
+# before its kernel runs; that kernel, inlined into other Numba functions, was optimised again in
+# each caller (about 20 s of cold compile each), and called from Python it compiles once.
 
 
 @kernel
