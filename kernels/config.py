@@ -53,16 +53,12 @@ def kernel(fn):
 
 
 def composite(fn):
-    """Compile a kernel that only chains other (parallel) kernels and has no loop of its own."""
+    """Compile a serial function of its own (not inlined into its callers' Numba IR): a kernel
+    that only chains other (parallel) kernels, or a large helper such as the generated register
+    tile (kernels/tile.py), which compiles in 8 s this way instead of 19 s in every caller."""
     return numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")(fn)
 
 
 def serial_kernel(fn):
     """Compile a helper called from inside kernels (inlined by LLVM; no parallel region of its own)."""
     return numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")(fn)
-
-
-def micro_kernel(fn):
-    """Compile a large serial helper as a function of its own rather than inlining it into each
-    caller's Numba IR: the generated register tile (kernels/tile.py) then compiles in 8 s, not 19."""
-    return numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")(fn)
