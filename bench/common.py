@@ -71,10 +71,10 @@ def step_phases(trainer: Trainer) -> dict:
         if l == 0:
             def fwd():
                 E.input_linear_forward(v.xb, mean, inv_std, m.weights[0], m.biases[0], last > 0,
-                                       v.acts[0], v.acts[1])
+                                       v.acts[0], v.acts[1], v.ws.pack)
         else:
             def fwd(l=l):
-                E.linear_forward(v.acts[l], m.weights[l], m.biases[l], l < last, v.acts[l + 1])
+                E.linear_forward(v.acts[l], m.weights[l], m.biases[l], l < last, v.acts[l + 1], v.ws.pack)
         phases[f"forward[{l}] {fan_in}x{fan_out}"] = (fwd, 2 * b * fan_in * fan_out)
 
     def loss_grad():

@@ -38,8 +38,8 @@ class Workspace:
 
     @property
     def pack(self) -> np.ndarray:
-        """Scratch of the backward products (kernels.gemm_op), allocated on first use: a pass that
-        only evaluates never needs it. The NumPy engine accepts it and leaves it alone."""
+        """Scratch of the packed matrix products (kernels.gemm_op), allocated on first use.
+        The NumPy engine accepts it and leaves it alone."""
         if self._pack is None:
             self._pack = pack_workspace()
         return self._pack
@@ -86,14 +86,15 @@ def forward(E, model, x_norm, v: Views, dropout: float = 0.0) -> np.ndarray:
     last = len(model.weights) - 1
     if model.whiten is None:
         E.input_linear_forward(v.xb, mean, inv_std, model.weights[0], model.biases[0], last > 0,
-                               v.acts[0], v.acts[1])
+                               v.acts[0], v.acts[1], v.ws.pack)
     else:
-        E.input_linear_forward(v.xb, mean, inv_std, model.whiten, model.whiten_bias, False, v.xn, v.acts[0])
-        E.linear_forward(v.acts[0], model.weights[0], model.biases[0], last > 0, v.acts[1])
+        E.input_linear_forward(v.xb, mean, inv_std, model.whiten, model.whiten_bias, False, v.xn, v.acts[0],
+                               v.ws.pack)
+        E.linear_forward(v.acts[0], model.weights[0], model.biases[0], last > 0, v.acts[1], v.ws.pack)
     for l in range(1, last + 1):
         if dropout > 0:
             E.dropout(v.acts[l], v.drop_u[l], F32(dropout))
-        E.linear_forward(v.acts[l], model.weights[l], model.biases[l], l < last, v.acts[l + 1])
+        E.linear_forward(v.acts[l], model.weights[l], model.biases[l], l < last, v.acts[l + 1], v.ws.pack)
     return v.acts[-1]
 
 

@@ -19,23 +19,21 @@ def gemm_nt(a, b, out, bias, mask, mode):
             np.maximum(out, 0, out=out)
 
 
-def gemm_op(a, trans_a, b, out, mask, mode, pack):
-    np.matmul(a.T if trans_a else a, b, out=out)
-    if mode == MASK:
-        out *= mask > 0
+def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
+    gemm_nt(a.T if trans_a else a, b if trans_b else b.T, out, bias, mask, mode)
 
 
 def pack_workspace() -> np.ndarray:
     return np.empty((1, 0), np.float32)   # NumPy's BLAS packs for itself
 
 
-def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out):
+def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out, pack):
     np.subtract(xb, mean, out=x, dtype=np.float32)
     x *= inv_std
-    linear_forward(x, w, b, relu, out)
+    linear_forward(x, w, b, relu, out, pack)
 
 
-def linear_forward(x, w, b, relu, out):
+def linear_forward(x, w, b, relu, out, pack):
     gemm_nt(x, w, out, b, out, BIAS_RELU if relu else BIAS)
 
 

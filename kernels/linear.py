@@ -1,41 +1,51 @@
 """Fully connected layers: forward with fused bias + ReLU, backward for weights and inputs.
 
-Weights are stored (out, in), like PyTorch. The forward product is a gemm_nt (out = a @ b.T, dot
-products along the long input dimension); the backward ones are gemm_op outer products (dw =
-dy.T @ x reduces over the short batch; dx = dy @ w), which read the operands as they are stored.
+Weights are stored (out, in), like PyTorch. The backward products are gemm_op outer products
+(dw = dy.T @ x reduces over the short batch; dx = dy @ w), which read the operands as stored.
+The forward product (out = x @ w.T) takes gemm_op too when it has a 256x256 block of output for
+every thread; smaller ones (the seed net's 64 units, a 10-class output layer, or 16 threads
+sharing 1024 units) take gemm_nt, whose 32x48 blocks keep every thread busy.
 """
+import numba
 import numpy as np
 from numba import prange
 
-from .config import composite, kernel
-from .matmul import BIAS, BIAS_RELU, MASK, PLAIN, gemm_nt, gemm_op
+from .config import kernel
+from .matmul import BIAS, BIAS_RELU, MASK, PLAIN, gemm_nt, gemm_op, op_blocks
 
 
 @kernel
-def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out):
+def normalise(xb, mean, inv_std, x):
+    """x (B,D) float32 = (xb (B,D) uint8 - mean) * inv_std, per feature."""
+    for i in prange(xb.shape[0]):
+        src, dst = xb[i], x[i]   # row views: plain k indexing vectorises (see matmul.py)
+        for k in range(xb.shape[1]):
+            dst[k] = (np.float32(src[k]) - mean[k]) * inv_std[k]
+
+
+# The layer functions are plain Python around gemm_op, which checks its arguments in Python
+# before its kernel runs; that kernel, inlined into other Numba functions, was optimised again in
+# each caller (about 20 s of cold compile each), and called from Python it compiles once.
+
+
+def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out, pack):
     """First layer straight from the uint8 batch.
 
     xb (B,D) uint8; mean, inv_std (D,) per-feature normalisation; w (H,D); b (H,);
     x (B,D) float32 workspace receives the normalised batch (kept for the backward pass);
-    out (B,H) = act(x @ w.T + b).
+    out (B,H) = act(x @ w.T + b); pack = pack_workspace(), gemm_op's scratch.
     """
-    n, d = xb.shape
-    for i in prange(n):
-        src, dst = xb[i], x[i]   # row views: plain k indexing vectorises (see matmul.py)
-        for k in range(d):
-            dst[k] = (np.float32(src[k]) - mean[k]) * inv_std[k]
-    gemm_nt(x, w, out, b, out, BIAS_RELU if relu else BIAS)
+    normalise(xb, mean, inv_std, x)
+    linear_forward(x, w, b, relu, out, pack)
 
 
-@composite
-def linear_forward(x, w, b, relu, out):
+def linear_forward(x, w, b, relu, out, pack):
     """out (B,H) = act(x (B,D) @ w (H,D).T + b (H,)), act = ReLU if relu else identity."""
-    gemm_nt(x, w, out, b, out, BIAS_RELU if relu else BIAS)
-
-
-# The backward functions are plain Python around gemm_op, which checks its arguments in Python
-# before its kernel runs; that kernel, inlined into other Numba functions, was optimised again in
-# each caller (about 20 s of cold compile each), and called from Python it compiles once.
+    mode = BIAS_RELU if relu else BIAS
+    if op_blocks(*out.shape) >= numba.get_num_threads():
+        gemm_op(x, False, w, True, out, b, out, mode, pack)
+    else:
+        gemm_nt(x, w, out, b, out, mode)
 
 
 @kernel
@@ -60,10 +70,10 @@ def linear_grad_params(dy, x, dw, db, pack):
     dy (B,H), x (B,D) the layer input; pack = pack_workspace(), gemm_op's scratch.
     """
     bias_grad(dy, db)
-    gemm_op(dy, True, x, dw, dw, PLAIN, pack)
+    gemm_op(dy, True, x, False, dw, db, dw, PLAIN, pack)
 
 
 def linear_grad_input(dy, w, x, dx, pack):
     """dx (B,D) = (dy (B,H) @ w (H,D)) * (x > 0): the gradient through this layer and the ReLU
     that produced its input x. pack = pack_workspace(), gemm_op's scratch."""
-    gemm_op(dy, False, w, dx, x, MASK, pack)
+    gemm_op(dy, False, w, False, dx, dx[0], x, MASK, pack)   # dx[0]: no bias in MASK mode

@@ -1,6 +1,6 @@
 """The matrix products of every layer: two kernels, each shaped for the products it serves.
 
-`gemm_nt` (forward: out = x @ w.T) reads both operands along their rows, so each output element
+`gemm_nt` (the forward product out = x @ w.T of narrow layers) reads both operands along their rows, so each output element
 is a contiguous dot product that LLVM vectorises into packed FMAs (fastmath lets it reassociate).
 A 4x6 register tile reuses every loaded vector four or six times. The reduction dimension is cut into
 blocks of KC so the six rows of b a tile reads (6 x KC floats) stay in L1 while the tile walks
@@ -11,9 +11,10 @@ A dot product ends in a horizontal sum of its vector, which costs little when th
 the 3072 inputs of a layer; in the backward products it runs over the 128 or 256 rows of a batch,
 where those sums took about a third of the time: hence a second kernel.
 
-`gemm_op` (backward: dw = dy.T @ x, dx = dy @ w) is built the other way round, like BLAS: an 8x32
-tile of outer products (kernels/tile.py) over packed panels, with no horizontal sums and no
-transposed copies of its operands. It needs LLVM's SLP vectoriser (turned on in config.py).
+`gemm_op` (backward: dw = dy.T @ x, dx = dy @ w; and forward when every thread gets a 256x256
+block of output, see linear.py) is built the other way round, like BLAS: an 8x32 tile of outer
+products (kernels/tile.py) over packed panels, with no horizontal sums and no transposed copies of
+its operands. It needs LLVM's SLP vectoriser (turned on in config.py).
 
 Row slices (`a[i, k0:k1]`) index from 0 in the hot loop: an index Numba can prove non-negative
 needs no wraparound check, which would otherwise turn every vector load into a gather.
@@ -191,34 +192,44 @@ def _pack_cols(src, panels, r0, r1, k0, kn):
                     p[k, q] = np.float32(0)
 
 
-def gemm_op(a, trans_a, b, out, mask, mode, pack):
-    """out = epilogue(op(a) @ b), op(a) = a.T if trans_a else a; the backward pass's products.
+def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
+    """out = epilogue(op(a) @ op(b)), op(a) = a.T if trans_a else a, op(b) likewise.
 
-    a (K,M) if trans_a else (M,K); b (K,N); out (M,N); mode PLAIN or MASK (mask (M,N), see
-    gemm_nt); pack = pack_workspace(), which two calls running at the same time must not share.
+    a (K,M) if trans_a else (M,K); b (N,K) if trans_b else (K,N); out (M,N); mode and the bias
+    (N,) and mask (M,N) it reads as in gemm_nt; pack = pack_workspace(), which two calls running
+    at the same time must not share.
     Register tiles of OM x ON outer products (kernels/tile.py): no horizontal sums, so a
-    reduction as short as a batch costs nothing extra, and neither operand needs transposing.
-    Every element of out is written by one prange iteration; the pack row a thread uses is
-    rewritten before it is read, so results do not depend on which thread ran which block.
+    reduction as short as a batch costs nothing extra, and neither operand needs a transposed
+    copy (the packing reads them as stored). Every element of out is written by one prange
+    iteration; the pack row a thread uses is rewritten before it is read, so results do not
+    depend on which thread ran which block.
 
     Checks its arguments in Python first: the kernel indexes without bounds checks.
     """
     m, n = out.shape
-    k = b.shape[0]
-    if mode not in (PLAIN, MASK):
-        raise ValueError("gemm_op: mode must be PLAIN or MASK")
-    if a.shape != ((k, m) if trans_a else (m, k)) or b.shape[1] != n or (mode == MASK and mask.shape != out.shape):
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError("gemm_op: a and b must be matrices")
+    k = a.shape[0] if trans_a else a.shape[1]
+    if mode not in (PLAIN, BIAS, BIAS_RELU, MASK):
+        raise ValueError(f"gemm_op: unknown mode {mode}")
+    if (a.shape != ((k, m) if trans_a else (m, k)) or b.shape != ((n, k) if trans_b else (k, n))
+            or (mode == MASK and mask.shape != out.shape) or (mode in (BIAS, BIAS_RELU) and bias.shape != (n,))):
         raise ValueError(f"gemm_op: shapes do not fit: a {a.shape}, trans_a {trans_a}, b {b.shape}, "
-                         f"out {out.shape}, mask {mask.shape}")
+                         f"trans_b {trans_b}, out {out.shape}, bias {bias.shape}, mask {mask.shape}")
     if pack.ndim != 2 or pack.shape[0] < numba.get_num_threads() or pack.shape[1] < PACK_FLOATS:
         raise ValueError("gemm_op: pack is smaller than pack_workspace()")
-    _gemm_op(a, trans_a, b, out, mask, mode, pack)
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack)
+
+
+def op_blocks(m: int, n: int) -> int:
+    """How many parallel tasks gemm_op cuts an (m, n) product into."""
+    return ((m + OMB - 1) // OMB) * ((n + ONB - 1) // ONB)
 
 
 @kernel
-def _gemm_op(a, trans_a, b, out, mask, mode, pack):
+def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     m, n = out.shape
-    kk = b.shape[0]
+    kk = a.shape[0] if trans_a else a.shape[1]
     mb = (m + OMB - 1) // OMB
     nb = (n + ONB - 1) // ONB
     for t in prange(mb * nb):
@@ -237,7 +248,10 @@ def _gemm_op(a, trans_a, b, out, mask, mode, pack):
                 _pack_rows(a, pa, i0, i1, k0, kn)
             else:                                # a (M, K)
                 _pack_cols(a, pa, i0, i1, k0, kn)
-            _pack_rows(b, pb, j0, j1, k0, kn)
+            if trans_b:                          # b (N, K)
+                _pack_cols(b, pb, j0, j1, k0, kn)
+            else:                                # b (K, N)
+                _pack_rows(b, pb, j0, j1, k0, kn)
             for jt in range((j1 - j0 + ON - 1) // ON):
                 j = j0 + jt * ON
                 for it in range((i1 - i0 + OM - 1) // OM):
@@ -247,7 +261,7 @@ def _gemm_op(a, trans_a, b, out, mask, mode, pack):
                     tile(pa[it], pb[jt], dst, i if full else 0, j if full else 0, kn, full and k0 > 0, chain)
                     if not full:
                         _add_edge(edge, out, i, min(i + OM, i1), j, min(j + ON, j1), k0 > 0)
-        _epilogue(out, i0, i1, j0, j1, mask[0], mask, mode)
+        _epilogue(out, i0, i1, j0, j1, bias, mask, mode)
 
 
 @serial_kernel

@@ -49,40 +49,45 @@ def test_empty_reduction_writes_zeros_plus_bias():
 PACK = K.pack_workspace()
 
 
-def check_op(m, n, k, trans_a, mode=R.PLAIN, seed=0):
+def check_op(m, n, k, trans_a, trans_b=False, mode=R.PLAIN, seed=0):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
-    b = rng.standard_normal((k, n), dtype=np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
+    bias = rng.standard_normal(n, dtype=np.float32)
     mask = rng.standard_normal((m, n), dtype=np.float32)
     got = np.full((m, n), np.nan, np.float32)
-    K.gemm_op(a, trans_a, b, got, mask, mode, PACK)
-    want = (a.T if trans_a else a).astype(np.float64) @ b
+    K.gemm_op(a, trans_a, b, trans_b, got, bias, mask, mode, PACK)
+    want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
     if mode == R.MASK:
         want *= mask > 0
+    elif mode in (R.BIAS, R.BIAS_RELU):
+        want += bias
+        if mode == R.BIAS_RELU:
+            want = np.maximum(want, 0)
     scale = max(float(np.abs(want).max()), 1.0) if want.size else 1.0
     err = float(np.abs(got - want).max()) / scale if want.size else 0.0
-    assert err <= 1e-5 * max(1.0, np.sqrt(k) / 16), (m, n, k, trans_a, err)
+    assert err <= 1e-5 * max(1.0, np.sqrt(k) / 16), (m, n, k, trans_a, trans_b, err)
 
 
 @pytest.mark.parametrize("m", [1, 7, 8, 9, 17])
 @pytest.mark.parametrize("n", [1, 31, 32, 33, 65])
-@pytest.mark.parametrize("trans_a", [True, False])
-def test_op_tile_remainders(m, n, trans_a):
-    check_op(m, n, 9, trans_a, seed=m * 1000 + n)
+@pytest.mark.parametrize("trans_a,trans_b", [(True, False), (False, False), (False, True), (True, True)])
+def test_op_tile_remainders(m, n, trans_a, trans_b):
+    check_op(m, n, 9, trans_a, trans_b, seed=m * 1000 + n)
 
 
 @pytest.mark.parametrize("m,n", [(matmul.OMB + 1, matmul.ONB + 33), (matmul.OMB - 1, 2 * matmul.ONB + 3),
                                  (2 * matmul.OMB + 5, matmul.ONB - 1)])
 @pytest.mark.parametrize("k", [1, matmul.OKC - 1, matmul.OKC + 1, 2 * matmul.OKC + 3])
-@pytest.mark.parametrize("trans_a", [True, False])
-@pytest.mark.parametrize("mode", [R.PLAIN, R.MASK])
-def test_op_block_remainders(m, n, k, trans_a, mode):
-    check_op(m, n, k, trans_a, mode, seed=k + m)
+@pytest.mark.parametrize("trans_a,trans_b", [(True, False), (False, False), (False, True)])   # dw, dx, forward
+@pytest.mark.parametrize("mode", [R.PLAIN, R.BIAS_RELU, R.MASK])
+def test_op_block_remainders(m, n, k, trans_a, trans_b, mode):
+    check_op(m, n, k, trans_a, trans_b, mode, seed=k + m)
 
 
-def test_op_empty_reduction_writes_zeros():
+def test_op_empty_reduction_writes_zeros_plus_bias():
     check_op(9, 33, 0, True)
-    check_op(9, 33, 0, False)
+    check_op(9, 33, 0, False, True, R.BIAS)
 
 
 def test_op_results_do_not_depend_on_the_thread_count():
@@ -98,7 +103,7 @@ def test_op_results_do_not_depend_on_the_thread_count():
         for threads in (1, max_threads(), 1):
             set_threads(threads)
             out = np.empty((600, 700), np.float32)
-            K.gemm_op(a, True, b, out, out, R.PLAIN, PACK)
+            K.gemm_op(a, True, b, False, out, b[0], out, R.PLAIN, PACK)
             outs.append(out)
     finally:
         set_threads(None)
@@ -109,15 +114,19 @@ def test_op_rejects_what_its_unchecked_kernel_would_read_or_write_out_of_bounds(
     a = np.ones((4, 5), np.float32)
     out = np.zeros((5, 6), np.float32)
     b = np.ones((4, 6), np.float32)
-    K.gemm_op(a, True, b, out, out, R.PLAIN, PACK)
-    assert (out == 4).all()
+    bias = np.ones(6, np.float32)
+    K.gemm_op(a, True, b, False, out, bias, out, R.BIAS, PACK)
+    assert (out == 5).all()
     bad = [
-        (a, True, b, out, out, R.PLAIN, np.empty((PACK.shape[0], 10), np.float32)),   # short rows
-        (a, True, b, out, out, R.PLAIN, np.empty((0, PACK.shape[1]), np.float32)),    # no rows
-        (a, True, b, out, out, R.BIAS, PACK),                                          # not a gemm_op mode
-        (a, False, b, out, out, R.PLAIN, PACK),                                        # a is (K,M), not (M,K)
-        (a, True, b[:, :5], out, out, R.PLAIN, PACK),                                  # b too narrow
-        (a, True, b, out, out[:4], R.MASK, PACK),                                      # mask too short
+        (a, True, b, False, out, bias, out, R.PLAIN, np.empty((PACK.shape[0], 10), np.float32)),   # short rows
+        (a, True, b, False, out, bias, out, R.PLAIN, np.empty((0, PACK.shape[1]), np.float32)),    # no rows
+        (a, True, b, False, out, bias, out, 7, PACK),                                       # no such mode
+        (a, False, b, False, out, bias, out, R.PLAIN, PACK),                                # a is (K,M), not (M,K)
+        (a, True, b, True, out, bias, out, R.PLAIN, PACK),                                  # b is (K,N), not (N,K)
+        (a, True, b[:, :5], False, out, bias, out, R.PLAIN, PACK),                          # b too narrow
+        (a, True, b, False, out, bias, out[:4], R.MASK, PACK),                              # mask too short
+        (a, True, b, False, out, bias[:5], out, R.BIAS_RELU, PACK),                         # bias too short
+        (a[0], True, b, False, out, bias, out, R.PLAIN, PACK),                              # a not a matrix
     ]
     for args in bad:
         with pytest.raises(ValueError, match="gemm_op"):

@@ -56,7 +56,7 @@ def test_gemm_nt(m, k, n, mode):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("d,h", [(3072, 33), (33, 10), (10, 1), (1, 33)])
+@pytest.mark.parametrize("d,h", [(3072, 33), (33, 10), (10, 1), (1, 33), (33, 600)])   # 600: gemm_op's path
 @pytest.mark.parametrize("relu", [True, False])
 def test_input_linear_forward(batch, d, h, relu):
     rng = np.random.default_rng(batch + d + h)
@@ -64,7 +64,8 @@ def test_input_linear_forward(batch, d, h, relu):
     mean = rng.uniform(50, 200, d).astype(np.float32)
     inv_std = (1 / rng.uniform(30, 80, d)).astype(np.float32)
     w, b = randn(rng, h, d) * np.float32(0.05), randn(rng, h)
-    args = (xb, mean, inv_std, w, b, relu, np.zeros((batch, d), np.float32), np.zeros((batch, h), np.float32))
+    args = (xb, mean, inv_std, w, b, relu, np.zeros((batch, d), np.float32), np.zeros((batch, h), np.float32),
+            K.pack_workspace())
     (kx, ko), _ = both("input_linear_forward", *args, outputs=[6, 7])[0]
     (rx, ro), _ = both("input_linear_forward", *args, outputs=[6, 7])[1]
     close(kx, rx)
@@ -72,11 +73,12 @@ def test_input_linear_forward(batch, d, h, relu):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("d,h", [(33, 10), (3072, 1), (1, 33), (10, 3072)])
+@pytest.mark.parametrize("d,h", [(33, 10), (3072, 1), (1, 33), (10, 3072)])   # (10, 3072): gemm_op's path
 @pytest.mark.parametrize("relu", [True, False])
 def test_linear_forward(batch, d, h, relu):
     rng = np.random.default_rng(batch * d + h)
-    args = (randn(rng, batch, d), randn(rng, h, d), randn(rng, h), relu, np.zeros((batch, h), np.float32))
+    args = (randn(rng, batch, d), randn(rng, h, d), randn(rng, h), relu, np.zeros((batch, h), np.float32),
+            K.pack_workspace())
     (k_out,), _ = both("linear_forward", *args, outputs=[4])[0]
     (r_out,), _ = both("linear_forward", *args, outputs=[4])[1]
     close(k_out, r_out)
