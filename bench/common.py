@@ -91,9 +91,7 @@ def step_phases(trainer: Trainer) -> dict:
         phases[f"backward[{l}] {fan_in}x{fan_out}"] = (bwd, 2 * b * fan_in * fan_out * (2 if l > 0 else 1))
 
     def update():
-        zero = np.float32(0)
-        for p, g, vel in zip(m.weights + m.biases, gw + gb, trainer.vel_w + trainer.vel_b):
-            E.sgd_momentum_update(p, g, vel, np.float32(1e-6), np.float32(0.9), zero, False)
+        trainer.update(1e-6)     # as a step runs it (SGD with momentum), with a tiny learning rate
     phases["sgd_momentum_update"] = (update, 0)
     return phases
 
