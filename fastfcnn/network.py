@@ -6,6 +6,7 @@ functions with the same arguments, so this file is the whole algorithm for both.
 import numpy as np
 
 from .kernels import pack_workspace
+from .kernels.matmul import packed_a_floats
 
 F32 = np.float32
 
@@ -41,7 +42,9 @@ class Workspace:
         """Scratch of the packed matrix products (kernels.gemm_op), allocated on first use.
         The NumPy engine accepts it and leaves it alone."""
         if self._pack is None:
-            self._pack = pack_workspace()
+            cap, widths = self.capacity, self.sizes + ([self.raw_inputs] if self.raw_inputs else [])
+            # op(a) of every product: x (cap, in) forward, dy.T (out, cap) and dy (cap, out) backward
+            self._pack = pack_workspace(max(max(packed_a_floats(cap, w), packed_a_floats(w, cap)) for w in widths))
         return self._pack
 
     def rows(self, n: int) -> "Views":

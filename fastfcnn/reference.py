@@ -23,8 +23,8 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     gemm_nt(a.T if trans_a else a, b if trans_b else b.T, out, bias, mask, mode)
 
 
-def pack_workspace() -> np.ndarray:
-    return np.empty((1, 0), np.float32)   # NumPy's BLAS packs for itself
+def pack_workspace(a_floats: int = 0) -> np.ndarray:
+    return np.empty(0, np.float32)   # NumPy's BLAS packs for itself
 
 
 def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out, pack):

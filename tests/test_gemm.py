@@ -46,7 +46,7 @@ def test_empty_reduction_writes_zeros_plus_bias():
     check(5, 7, 0, R.BIAS)
 
 
-PACK = K.pack_workspace()
+PACK = K.pack_workspace(matmul.packed_a_floats(4 * matmul.OMB, 4 * matmul.OKC))   # room for every op(a) below
 
 
 def check_op(m, n, k, trans_a, trans_b=False, mode=R.PLAIN, seed=0):
@@ -85,6 +85,13 @@ def test_op_block_remainders(m, n, k, trans_a, trans_b, mode):
     check_op(m, n, k, trans_a, trans_b, mode, seed=k + m)
 
 
+@pytest.mark.parametrize("trans_a,trans_b", [(True, False), (False, False), (False, True)])
+def test_op_tall_blocks(trans_a, trans_b):
+    """Enough output for blocks of 4 x OMB rows (see _block_rows), with a remainder."""
+    assert matmul._block_rows(4 * matmul.OMB + 9, 4 * matmul.ONB + 5, 2) == 4 * matmul.OMB
+    check_op(4 * matmul.OMB + 9, 4 * matmul.ONB + 5, 7, trans_a, trans_b, R.BIAS_RELU, seed=3)
+
+
 def test_op_empty_reduction_writes_zeros_plus_bias():
     check_op(9, 33, 0, True)
     check_op(9, 33, 0, False, True, R.BIAS)
@@ -118,8 +125,9 @@ def test_op_rejects_what_its_unchecked_kernel_would_read_or_write_out_of_bounds(
     K.gemm_op(a, True, b, False, out, bias, out, R.BIAS, PACK)
     assert (out == 5).all()
     bad = [
-        (a, True, b, False, out, bias, out, R.PLAIN, np.empty((PACK.shape[0], 10), np.float32)),   # short rows
-        (a, True, b, False, out, bias, out, R.PLAIN, np.empty((0, PACK.shape[1]), np.float32)),    # no rows
+        (a, True, b, False, out, bias, out, R.PLAIN, PACK[: matmul.PACK_FLOATS]),        # no room for 2 threads' panels
+        (a, True, b, False, out, bias, out, R.PLAIN, K.pack_workspace()),                 # no room for op(a)
+        (a, True, b, False, out, bias, out, R.PLAIN, PACK[:, None]),                      # not flat
         (a, True, b, False, out, bias, out, 7, PACK),                                       # no such mode
         (a, False, b, False, out, bias, out, R.PLAIN, PACK),                                # a is (K,M), not (M,K)
         (a, True, b, True, out, bias, out, R.PLAIN, PACK),                                  # b is (K,N), not (N,K)

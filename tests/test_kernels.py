@@ -8,6 +8,7 @@ from fastfcnn import kernels as K
 from fastfcnn import reference as R
 
 RTOL = 1e-4
+PACK = K.pack_workspace(K.matmul.packed_a_floats(3072, 3072))   # room for op(a) of every product below
 BATCHES = [1, 7, 129]
 WIDTHS = [1, 10, 33, 3072]
 
@@ -65,7 +66,7 @@ def test_input_linear_forward(batch, d, h, relu):
     inv_std = (1 / rng.uniform(30, 80, d)).astype(np.float32)
     w, b = randn(rng, h, d) * np.float32(0.05), randn(rng, h)
     args = (xb, mean, inv_std, w, b, relu, np.zeros((batch, d), np.float32), np.zeros((batch, h), np.float32),
-            K.pack_workspace())
+            PACK)
     (kx, ko), _ = both("input_linear_forward", *args, outputs=[6, 7])[0]
     (rx, ro), _ = both("input_linear_forward", *args, outputs=[6, 7])[1]
     close(kx, rx)
@@ -78,7 +79,7 @@ def test_input_linear_forward(batch, d, h, relu):
 def test_linear_forward(batch, d, h, relu):
     rng = np.random.default_rng(batch * d + h)
     args = (randn(rng, batch, d), randn(rng, h, d), randn(rng, h), relu, np.zeros((batch, h), np.float32),
-            K.pack_workspace())
+            PACK)
     (k_out,), _ = both("linear_forward", *args, outputs=[4])[0]
     (r_out,), _ = both("linear_forward", *args, outputs=[4])[1]
     close(k_out, r_out)
@@ -89,7 +90,7 @@ def test_linear_forward(batch, d, h, relu):
 def test_linear_grad_params(batch, d, h):
     rng = np.random.default_rng(batch + 3 * d + h)
     dy, x = randn(rng, batch, h), np.maximum(randn(rng, batch, d), 0)
-    args = (dy, x, np.zeros((h, d), np.float32), np.zeros(h, np.float32), K.pack_workspace())
+    args = (dy, x, np.zeros((h, d), np.float32), np.zeros(h, np.float32), PACK)
     (kw, kb), _ = both("linear_grad_params", *args, outputs=[2, 3])[0]
     (rw, rb), _ = both("linear_grad_params", *args, outputs=[2, 3])[1]
     close(kw, rw)
@@ -102,7 +103,7 @@ def test_linear_grad_input(batch, d, h):
     rng = np.random.default_rng(batch + d + 5 * h)
     x = np.maximum(randn(rng, batch, d), 0)   # a ReLU output: about half the entries are 0
     args = (randn(rng, batch, h), randn(rng, h, d), x, np.full((batch, d), 7, np.float32),
-            K.pack_workspace())
+            PACK)
     (k_dx,), _ = both("linear_grad_input", *args, outputs=[3])[0]
     (r_dx,), _ = both("linear_grad_input", *args, outputs=[3])[1]
     close(k_dx, r_dx)
