@@ -277,16 +277,21 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, pa, omb):
                 _pack_cols(b, pb, j0, j1, k0, kn, 0)
             else:                                # b (K, N)
                 _pack_rows(b, pb, j0, j1, k0, kn, 0)
-            for jt in range((j1 - j0 + ON - 1) // ON):
+            n_i = (i1 - i0 + OM - 1) // OM
+            n_j = (j1 - j0 + ON - 1) // ON
+            for q in range(n_i * n_j):
+                if kk <= OKC:    # out is written once: tile by tile along its rows, so stores fill lines in order
+                    it, jt = q // n_j, q % n_j
+                else:            # out stays in L2 across k blocks: one b panel in L1 while a streams past
+                    it, jt = q % n_i, q // n_i
+                i = i0 + it * OM
                 j = j0 + jt * ON
-                for it in range((i1 - i0 + OM - 1) // OM):
-                    i = i0 + it * OM
-                    full = i + OM <= i1 and j + ON <= j1
-                    dst = out if full else edge  # a partial tile is computed whole into edge, then cropped
-                    tile(pa[i // OM, k0 : k0 + kn], pb[jt], dst, i if full else 0, j if full else 0, kn,
-                         full and k0 > 0, chain)
-                    if not full:
-                        _add_edge(edge, out, i, min(i + OM, i1), j, min(j + ON, j1), k0 > 0)
+                full = i + OM <= i1 and j + ON <= j1
+                dst = out if full else edge      # a partial tile is computed whole into edge, then cropped
+                tile(pa[i // OM, k0 : k0 + kn], pb[jt], dst, i if full else 0, j if full else 0, kn,
+                     full and k0 > 0, chain)
+                if not full:
+                    _add_edge(edge, out, i, min(i + OM, i1), j, min(j + ON, j1), k0 > 0)
         _epilogue(out, i0, i1, j0, j1, bias, mask, mode)
 
 
