@@ -24,6 +24,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel, serial_kernel
+from .prefetch import prefetch
 from .tile import TM as OM, TN as ON, tile
 
 TM, TN = 4, 6  # register tile: TM rows of a x TN rows of b
@@ -248,18 +249,25 @@ def op_blocks(m: int, n: int) -> int:
     return ((m + OMB - 1) // OMB) * ((n + ONB - 1) // ONB)
 
 
+@serial_kernel
+def _pack_a(a, trans_a, pa, p, m):
+    """Panel p of op(a) (rows p*OM ... of the (m, K) matrix) into pa[p], zero past row m."""
+    r0 = p * OM
+    kk = pa.shape[1]
+    for k0 in range(0, kk, OKC):                 # a block of k at a time, so the panel stays in L1
+        kn = min(OKC, kk - k0)
+        if trans_a:                              # a (K, M)
+            _pack_rows(a, pa[p : p + 1], r0, min(r0 + OM, m), k0, kn, k0)
+        else:                                    # a (M, K)
+            _pack_cols(a, pa[p : p + 1], r0, min(r0 + OM, m), k0, kn, k0)
+
+
 @kernel
 def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, pa, omb):
     m, n = out.shape
     kk = pa.shape[1]
     for p in prange(pa.shape[0]):                # op(a) into panels pa[p] (K, OM), once for all tasks
-        r0 = p * OM
-        for k0 in range(0, kk, OKC):             # a block of k at a time, so the panel stays in L1
-            kn = min(OKC, kk - k0)
-            if trans_a:                          # a (K, M)
-                _pack_rows(a, pa[p : p + 1], r0, min(r0 + OM, m), k0, kn, k0)
-            else:                                # a (M, K)
-                _pack_cols(a, pa[p : p + 1], r0, min(r0 + OM, m), k0, kn, k0)
+        _pack_a(a, trans_a, pa, p, m)
     mb = (m + omb - 1) // omb                    # omb: a multiple of OM
     nb = (n + ONB - 1) // ONB
     for t in prange(mb * nb):
@@ -279,7 +287,18 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, pa, omb):
                 _pack_rows(b, pb, j0, j1, k0, kn, 0)
             n_i = (i1 - i0 + OM - 1) // OM
             n_j = (j1 - j0 + ON - 1) // ON
+            # while this block computes, prefetch the rows of b the next k block packs: each one's
+            # first line would otherwise be a full memory latency, paid in turn as it is packed
+            k2 = min(k0 + 2 * OKC, kk)
+            n_pf = (j1 - j0 if trans_b else max(k2 - k0 - OKC, 0)) if k0 + OKC < kk else 0
             for q in range(n_i * n_j):
+                for r in range(q * n_pf // (n_i * n_j), (q + 1) * n_pf // (n_i * n_j)):
+                    if trans_b:
+                        for c in range(k0 + OKC, k2, 16):
+                            prefetch(b, j0 + r, c)
+                    else:
+                        for c in range(j0, j1, 16):
+                            prefetch(b, k0 + OKC + r, c)
                 if kk <= OKC:    # out is written once: tile by tile along its rows, so stores fill lines in order
                     it, jt = q // n_j, q % n_j
                 else:            # out stays in L2 across k blocks: one b panel in L1 while a streams past
