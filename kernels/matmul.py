@@ -266,8 +266,12 @@ def _pack_a(a, trans_a, pa, p, m):
 def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, pa, omb):
     m, n = out.shape
     kk = pa.shape[1]
-    for p in prange(pa.shape[0]):                # op(a) into panels pa[p] (K, OM), once for all tasks
-        _pack_a(a, trans_a, pa, p, m)
+    if pa.size >= 65536:                         # op(a) into panels pa[p] (K, OM), once for all tasks
+        for p in prange(pa.shape[0]):
+            _pack_a(a, trans_a, pa, p, m)
+    else:                                        # small: cheaper than starting the threads
+        for p in range(pa.shape[0]):
+            _pack_a(a, trans_a, pa, p, m)
     mb = (m + omb - 1) // omb                    # omb: a multiple of OM
     nb = (n + ONB - 1) // ONB
     for t in prange(mb * nb):
