@@ -43,6 +43,11 @@ if USER_CPU_FEATURES is None:
         wide = None
     if wide is not None:
         os.environ["NUMBA_CPU_FEATURES"] = wide
+    AVX512 = wide is not None
+else:
+    AVX512 = "+avx512f" in USER_CPU_FEATURES.split(",")
+# AVX512: the kernels are compiled for AVX-512 (32 vector registers), which picks the register
+# tile of the matrix products (kernels/matmul.py).
 os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
 numba.core.config.reload_config()
 

@@ -12,9 +12,10 @@ the 3072 inputs of a layer; in the backward products it runs over the 128 or 256
 where those sums took about a third of the time: hence a second kernel.
 
 `gemm_op` (backward: dw = dy.T @ x, dx = dy @ w; and forward when every thread gets a 256x256
-block of output, see linear.py) is built the other way round, like BLAS: an 8x32 tile of outer
-products (kernels/tile.py) over packed panels, with no horizontal sums and no transposed copies of
-its operands. It needs LLVM's SLP vectoriser (turned on in config.py).
+block of output, see linear.py) is built the other way round, like BLAS: a register tile of outer
+products (kernels/tile.py: 8x32 with AVX-512, 6x16 with AVX2) over packed panels, with no
+horizontal sums and no transposed copies of its operands. It needs LLVM's SLP vectoriser (turned
+on in config.py).
 
 Row slices (`a[i, k0:k1]`) index from 0 in the hot loop: an index Numba can prove non-negative
 needs no wraparound check, which would otherwise turn every vector load into a gather.
@@ -23,9 +24,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import kernel, serial_kernel
+from . import tile as tiles
+from .config import AVX512, kernel, serial_kernel
 from .prefetch import prefetch
-from .tile import TM as OM, TN as ON, tile
 
 TM, TN = 4, 6  # register tile: TM rows of a x TN rows of b
 KC = 1024    # reduction block (floats)
@@ -143,6 +144,8 @@ def gemm_nt(a, b, out, bias, mask, mode):
 # reduction into blocks of OKC. Each task packs its slice of b into ON-column panels (OKC, ON), so
 # the micro-kernel streams both operands from contiguous memory: a b panel (32 KB) stays in L1
 # while the a panels stream from L2. op(a) used to be packed by every task, once per block column.
+OM, ON = (8, 32) if AVX512 else (6, 16)   # the register tile: see kernels/gen_tile.py
+tile = tiles.tile_8x32 if AVX512 else tiles.tile_6x16
 OKC = 256
 OMB = 256 // OM * OM    # about 256, a multiple of OM
 ONB = 256 // ON * ON    # about 256, a multiple of ON
@@ -234,14 +237,16 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
 
 
 def _block_rows(m: int, n: int, threads: int) -> int:
-    """Rows of out per task: up to 4 x OMB while that leaves at least two tasks per thread. Each
-    task packs its b panels once per k block, so taller blocks pack b fewer times (the wide
-    net's dw0 = dy.T @ x, 1024x3072: 4x fewer times at 1024 rows, about 10 % faster)."""
+    """Rows of out per task: blocks of up to 4 x OMB rows while that leaves at least two tasks per
+    thread, evened out so the last block is not a sliver (the tasks go to the threads in equal
+    runs). Each task packs its b panels once per k block, so taller blocks pack b fewer times
+    (the wide net's dw0 = dy.T @ x, 1024x3072: 4x fewer times at 1024 rows, about 10 % faster)."""
     nb = (n + ONB - 1) // ONB
-    for rows in (4 * OMB, 2 * OMB):
-        if (m + rows - 1) // rows * nb >= 2 * threads:
-            return rows
-    return OMB
+    for rows in (4 * OMB, 2 * OMB, OMB):
+        mb = (m + rows - 1) // rows
+        if mb * nb >= 2 * threads or rows == OMB:
+            even = (m + mb - 1) // max(mb, 1)
+            return max((even + OM - 1) // OM * OM, OM)
 
 
 def op_blocks(m: int, n: int) -> int:

@@ -1,5 +1,5 @@
 """gemm_nt and gemm_op against NumPy on shapes that hit every remainder of their tilings: the
-register tiles (4x6 dot products, 8x32 outer products), the parallel blocks and the reduction
+register tiles (4x6 dot products; 8x32 or 6x16 outer products), the parallel blocks and the reduction
 blocks (see kernels/matmul.py)."""
 import os
 
@@ -87,8 +87,11 @@ def test_op_block_remainders(m, n, k, trans_a, trans_b, mode):
 
 @pytest.mark.parametrize("trans_a,trans_b", [(True, False), (False, False), (False, True)])
 def test_op_tall_blocks(trans_a, trans_b):
-    """Enough output for blocks of 4 x OMB rows (see _block_rows), with a remainder."""
-    assert matmul._block_rows(4 * matmul.OMB + 9, 4 * matmul.ONB + 5, 2) == 4 * matmul.OMB
+    """Enough output for blocks of up to 4 x OMB rows (see _block_rows), with a remainder."""
+    m = 4 * matmul.OMB + 9
+    rows = matmul._block_rows(m, 4 * matmul.ONB + 5, 2)
+    assert rows % matmul.OM == 0 and 2 * matmul.OMB < rows <= 4 * matmul.OMB and -(-m // rows) == 2
+    assert matmul._block_rows(1024, 3072, 2) == {8: 1024, 6: 516}[matmul.OM]   # wide dw0: 1 block, or 2 even
     check_op(4 * matmul.OMB + 9, 4 * matmul.ONB + 5, 7, trans_a, trans_b, R.BIAS_RELU, seed=3)
 
 
@@ -168,3 +171,48 @@ def test_kernels_compile_with_the_chosen_features():
     numba.core.config.reload_config()
     want = 1 if config.USER_SLP_VECTORIZE is None else int(config.USER_SLP_VECTORIZE)
     assert numba.config.SLP_VECTORIZE == want
+
+
+def test_register_tile_follows_the_vector_width():
+    from numba.core.registry import cpu_target
+
+    built = cpu_target.target_context.codegen()._tm_features
+    assert (matmul.OM, matmul.ON) == ((8, 32) if "+avx512f" in built.split(",") else (6, 16))
+
+
+AVX2_CHECK = """
+import numpy as np
+from fastfcnn.kernels import matmul as M
+assert (M.OM, M.ON) == (6, 16), (M.OM, M.ON)
+rng = np.random.default_rng(0)
+pack = M.pack_workspace(M.packed_a_floats(1100, 600))
+for m, n, k, ta, tb, mode in [(1, 1, 3, False, True, M.BIAS_RELU), (7, 17, 9, True, False, M.PLAIN),
+                              (13, 33, 300, False, False, M.MASK), (M.OMB + 7, M.ONB + 5, 9, False, True, M.BIAS),
+                              (4 * M.OMB + 9, 4 * M.ONB + 5, 7, True, False, M.PLAIN), (50, 70, 530, False, True, M.BIAS)]:
+    a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
+    bias, mask = rng.standard_normal(n, dtype=np.float32), rng.standard_normal((m, n), dtype=np.float32)
+    got = np.full((m, n), np.nan, np.float32)
+    M.gemm_op(a, ta, b, tb, got, bias, mask, mode, pack)
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
+    want = want * (mask > 0) if mode == M.MASK else want + bias if mode in (M.BIAS, M.BIAS_RELU) else want
+    want = np.maximum(want, 0) if mode == M.BIAS_RELU else want
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), (m, n, k)
+print("ok")
+"""
+
+
+def test_the_avx2_tile_on_this_machine(tmp_path):
+    """With AVX-512 masked off (as on most laptops) gemm_op uses the 6x16 tile: check it here too."""
+    import subprocess
+    import sys
+
+    from llvmlite.binding import get_host_cpu_features
+
+    features = get_host_cpu_features()
+    for name in list(features.keys()):
+        if name.startswith(("avx512", "amx", "avx10", "evex512")):
+            features[name] = False
+    env = dict(os.environ, NUMBA_CPU_FEATURES=features.flatten(), NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", AVX2_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
