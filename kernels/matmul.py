@@ -1,21 +1,21 @@
 """The matrix products of every layer: two kernels, each shaped for the products it serves.
 
-`gemm_nt` (the forward product out = x @ w.T of narrow layers) reads both operands along their rows, so each output element
-is a contiguous dot product that LLVM vectorises into packed FMAs (fastmath lets it reassociate).
-A 4x6 register tile reuses every loaded vector four or six times. The reduction dimension is cut into
-blocks of KC so the six rows of b a tile reads (6 x KC floats) stay in L1 while the tile walks
-down the rows of a (MB x KC, in L2); partial sums of later blocks are added to `out`.
+`gemm_nt` (the forward product out = x @ w.T of narrow layers) reads both operands along their
+rows, so each output element is a contiguous dot product that LLVM vectorises into packed FMAs
+(fastmath lets it reassociate). A 4x6 register tile reuses every loaded vector four or six
+times. The reduction dimension is cut into blocks of KC so the six rows of b a tile reads
+(6 x KC floats) stay in L1 while the tile walks down the rows of a (MB x KC, in L2); partial sums
+of later blocks are added to `out`.
 Parallel over MB x NB blocks of `out`: every element of `out` is written by exactly one prange
 iteration, so results are race-free and identical run to run for a given thread count.
 A dot product ends in a horizontal sum of its vector, which costs little when the reduction is
 the 3072 inputs of a layer; in the backward products it runs over the 128 or 256 rows of a batch,
 where those sums took about a third of the time: hence a second kernel.
 
-`gemm_op` (backward: dw = dy.T @ x, dx = dy @ w; and forward when every thread gets a 256x256
-block of output, see linear.py) is built the other way round, like BLAS: a register tile of outer
-products (kernels/tile.py: 8x32 with AVX-512, 6x16 with AVX2) over packed panels, with no
-horizontal sums and no transposed copies of its operands. It needs LLVM's SLP vectoriser (turned
-on in config.py).
+`gemm_op` (backward: dw = dy.T @ x, dx = dy @ w; and forward when the output is wide enough,
+see op_suits) is built the other way round, like BLAS: a register tile of outer products
+(kernels/tile.py: 8x32 with AVX-512, 6x16 with AVX2) over packed panels, with no horizontal sums
+and no transposed copies of its operands. It needs LLVM's SLP vectoriser (turned on in config.py).
 
 Row slices (`a[i, k0:k1]`) index from 0 in the hot loop: an index Numba can prove non-negative
 needs no wraparound check, which would otherwise turn every vector load into a gather.
@@ -142,8 +142,9 @@ def gemm_nt(a, b, out, bias, mask, mode):
 # The outer-product products (gemm_op) first pack op(a) whole into OM-row panels (K, OM), in
 # parallel over the panels, then cut out into OMB x ONB blocks, one per parallel task, and the
 # reduction into blocks of OKC. Each task packs its slice of b into ON-column panels (OKC, ON), so
-# the micro-kernel streams both operands from contiguous memory: a b panel (32 KB) stays in L1
-# while the a panels stream from L2. op(a) used to be packed by every task, once per block column.
+# the micro-kernel streams both operands from contiguous memory: a b panel (32 KB with AVX-512)
+# stays in L1 while the a panels stream from L2. op(a) used to be packed by every task, once per
+# block column.
 OM, ON = (8, 32) if AVX512 else (6, 16)   # the register tile: see kernels/gen_tile.py
 tile = tiles.tile_8x32 if AVX512 else tiles.tile_6x16
 OKC = 256
@@ -210,9 +211,10 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     at the same time must not share.
     Register tiles of OM x ON outer products (kernels/tile.py): no horizontal sums, so a
     reduction as short as a batch costs nothing extra, and neither operand needs a transposed
-    copy (the packing reads them as stored). Every element of out is written by one prange
-    iteration; the pack row a thread uses is rewritten before it is read, so results do not
-    depend on which thread ran which block.
+    copy (the packing reads them as stored). Every element of out, and of op(a)'s packed panels,
+    is written by one prange iteration; the pack row a thread uses for b is rewritten before it
+    is read, and the block shapes change no element's order of summation, so results do not
+    depend on the thread count.
 
     Checks its arguments in Python first: the kernel indexes without bounds checks.
     """
@@ -223,7 +225,8 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     if mode not in (PLAIN, BIAS, BIAS_RELU, MASK):
         raise ValueError(f"gemm_op: unknown mode {mode}")
     if (a.shape != ((k, m) if trans_a else (m, k)) or b.shape != ((n, k) if trans_b else (k, n))
-            or (mode == MASK and mask.shape != out.shape) or (mode in (BIAS, BIAS_RELU) and bias.shape != (n,))):
+            or (mode == MASK and mask.shape != out.shape)
+            or (mode in (BIAS, BIAS_RELU) and bias.shape != (n,))):
         raise ValueError(f"gemm_op: shapes do not fit: a {a.shape}, trans_a {trans_a}, b {b.shape}, "
                          f"trans_b {trans_b}, out {out.shape}, bias {bias.shape}, mask {mask.shape}")
     threads = numba.get_num_threads()
@@ -232,8 +235,8 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     if pack.ndim != 1 or pack.size < per_thread + a_floats:
         raise ValueError(f"gemm_op: pack is smaller than pack_workspace({a_floats}) for a {m}x{k} op(a)")
     pa = pack[per_thread : per_thread + a_floats].reshape(((m + OM - 1) // OM, k, OM))
-    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack[:per_thread].reshape((threads, PACK_FLOATS)), pa,
-             _block_rows(m, n, threads))
+    per_thread_rows = pack[:per_thread].reshape((threads, PACK_FLOATS))
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, per_thread_rows, pa, _block_rows(m, n, threads))
 
 
 def _block_rows(m: int, n: int, threads: int) -> int:
@@ -249,9 +252,11 @@ def _block_rows(m: int, n: int, threads: int) -> int:
             return max((even + OM - 1) // OM * OM, OM)
 
 
-def op_blocks(m: int, n: int) -> int:
-    """How many parallel tasks gemm_op cuts an (m, n) product into."""
-    return ((m + OMB - 1) // OMB) * ((n + ONB - 1) // ONB)
+def op_suits(m: int, n: int, threads: int) -> bool:
+    """Whether an (m, n) output is wide enough for gemm_op rather than gemm_nt: at least one full
+    block of ONB columns, and a block of output for every thread. (A 10-class output or the seed
+    net's 64 units would leave gemm_op one thread's worth of work and a pack per few columns.)"""
+    return n >= ONB and (m + OMB - 1) // OMB * (n // ONB) >= threads
 
 
 @serial_kernel
@@ -308,7 +313,7 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, pa, omb):
                     else:
                         for c in range(j0, j1, 16):
                             prefetch(b, k0 + OKC + r, c)
-                if kk <= OKC:    # out is written once: tile by tile along its rows, so stores fill lines in order
+                if kk <= OKC:    # out written once: along its rows, so the stores fill its lines in order
                     it, jt = q // n_j, q % n_j
                 else:            # out stays in L2 across k blocks: one b panel in L1 while a streams past
                     it, jt = q % n_i, q // n_i

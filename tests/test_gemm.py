@@ -173,6 +173,14 @@ def test_kernels_compile_with_the_chosen_features():
     assert numba.config.SLP_VECTORIZE == want
 
 
+def test_forward_products_pick_packed_panels_only_for_wide_outputs():
+    assert matmul.op_suits(256, 1024, 2)                  # the wide net's hidden layers
+    assert matmul.op_suits(128, 1024, 4)
+    assert not matmul.op_suits(256, 1024, 16)             # 4 column blocks cannot keep 16 threads busy
+    assert not matmul.op_suits(128, 64, 1)                # the seed net's 64 units
+    assert not matmul.op_suits(256, 10, 1)                # a 10-class output
+
+
 def test_register_tile_follows_the_vector_width():
     from numba.core.registry import cpu_target
 
@@ -207,12 +215,8 @@ def test_the_avx2_tile_on_this_machine(tmp_path):
     import subprocess
     import sys
 
-    from llvmlite.binding import get_host_cpu_features
+    from fastfcnn.bench.avx2_features import avx2_features
 
-    features = get_host_cpu_features()
-    for name in list(features.keys()):
-        if name.startswith(("avx512", "amx", "avx10", "evex512")):
-            features[name] = False
-    env = dict(os.environ, NUMBA_CPU_FEATURES=features.flatten(), NUMBA_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, NUMBA_CPU_FEATURES=avx2_features(), NUMBA_CACHE_DIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", AVX2_CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
