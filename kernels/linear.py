@@ -71,7 +71,7 @@ def linear_grad_params(dy, x, dw, db, pack):
     dy (B,H), x (B,D) the layer input; pack = pack_workspace(), gemm_op's scratch.
     """
     bias_grad(dy, db)
-    gemm_op(dy, True, x, False, dw, db, dw, PLAIN, pack)
+    gemm_op(dy, True, x, False, dw, db, dw, PLAIN, pack)   # PLAIN reads neither bias nor mask
 
 
 def linear_grad_input(dy, w, x, dx, pack):

@@ -301,18 +301,13 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, pa, omb):
                 _pack_rows(b, pb, j0, j1, k0, kn, 0)
             n_i = (i1 - i0 + OM - 1) // OM
             n_j = (j1 - j0 + ON - 1) // ON
-            # while this block computes, prefetch the rows of b the next k block packs: each one's
-            # first line would otherwise be a full memory latency, paid in turn as it is packed
-            k2 = min(k0 + 2 * OKC, kk)
-            n_pf = (j1 - j0 if trans_b else max(k2 - k0 - OKC, 0)) if k0 + OKC < kk else 0
-            for q in range(n_i * n_j):
-                for r in range(q * n_pf // (n_i * n_j), (q + 1) * n_pf // (n_i * n_j)):
-                    if trans_b:
-                        for c in range(k0 + OKC, k2, 16):
-                            prefetch(b, j0 + r, c)
-                    else:
-                        for c in range(j0, j1, 16):
-                            prefetch(b, k0 + OKC + r, c)
+            # while this block computes, prefetch the rows of b the next k block packs, spread over
+            # the tiles: each row's first line would otherwise cost a memory latency in the packing
+            k1, k2 = k0 + OKC, min(k0 + 2 * OKC, kk)
+            n_pf = 0 if k1 >= kk else (j1 - j0 if trans_b else k2 - k1)
+            n_q = n_i * n_j
+            for q in range(n_q):
+                _prefetch_rows(b, trans_b, q * n_pf // n_q, (q + 1) * n_pf // n_q, j0, j1, k1, k2)
                 if kk <= OKC:    # out written once: along its rows, so the stores fill its lines in order
                     it, jt = q // n_j, q % n_j
                 else:            # out stays in L2 across k blocks: one b panel in L1 while a streams past
@@ -326,6 +321,19 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, pa, omb):
                 if not full:
                     _add_edge(edge, out, i, min(i + OM, i1), j, min(j + ON, j1), k0 > 0)
         _epilogue(out, i0, i1, j0, j1, bias, mask, mode)
+
+
+@serial_kernel
+def _prefetch_rows(b, trans_b, r0, r1, j0, j1, k1, k2):
+    """Prefetch rows r0..r1 of what _pack_cols / _pack_rows will read of b for the k block
+    k1..k2 and the columns j0..j1 of out, one cache line (16 floats) at a time."""
+    for r in range(r0, r1):
+        if trans_b:                              # b (N, K): row j0 + r, columns k1..k2
+            for c in range(k1, k2, 16):
+                prefetch(b, j0 + r, c)
+        else:                                    # b (K, N): row k1 + r, columns j0..j1
+            for c in range(j0, j1, 16):
+                prefetch(b, k1 + r, c)
 
 
 @serial_kernel

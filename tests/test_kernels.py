@@ -8,7 +8,8 @@ from fastfcnn import kernels as K
 from fastfcnn import reference as R
 
 RTOL = 1e-4
-PACK = K.pack_workspace(K.matmul.packed_a_floats(3072, 3072))   # room for op(a) of every product below
+PACK = K.pack_workspace(max(K.matmul.packed_a_floats(129, 3072), K.matmul.packed_a_floats(3072, 129)))
+# ^ room for op(a) of every product below: batches up to 129, widths up to 3072
 BATCHES = [1, 7, 129]
 WIDTHS = [1, 10, 33, 3072]
 
@@ -57,7 +58,7 @@ def test_gemm_nt(m, k, n, mode):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("d,h", [(3072, 33), (33, 10), (10, 1), (1, 33), (33, 600)])   # 600: gemm_op's path
+@pytest.mark.parametrize("d,h", [(3072, 33), (33, 10), (10, 1), (1, 33), (33, 600)])   # 600: gemm_op on 1-2 threads
 @pytest.mark.parametrize("relu", [True, False])
 def test_input_linear_forward(batch, d, h, relu):
     rng = np.random.default_rng(batch + d + h)
