@@ -3,8 +3,9 @@ one training step as separately timeable callables."""
 import numpy as np
 
 from fastfcnn import network
-from fastfcnn.data import CIFAR10
-from fastfcnn.train import TrainConfig, Trainer
+from fastfcnn.config import TrainConfig
+from fastfcnn.data import Dataset
+from fastfcnn.train import Trainer
 
 NETS = {
     "seed": {"hidden": [64, 64], "batch_size": 128},
@@ -16,23 +17,21 @@ FEATURES = 3072
 CLASSES = 10
 
 
-def synthetic_cifar(n_train: int = N_TRAIN, n_test: int = 1000, seed: int = 0) -> CIFAR10:
+def synthetic_cifar(n_train: int = N_TRAIN, n_test: int = 1000, seed: int = 0) -> Dataset:
     """Random uint8 images and labels shaped like CIFAR-10 (no download; timing only)."""
     rng = np.random.default_rng(seed)
-    return CIFAR10(rng.integers(0, 256, (n_train, FEATURES), dtype=np.uint8),
+    return Dataset(rng.integers(0, 256, (n_train, FEATURES), dtype=np.uint8),
                    rng.integers(0, CLASSES, n_train).astype(np.int64),
                    rng.integers(0, 256, (n_test, FEATURES), dtype=np.uint8),
                    rng.integers(0, CLASSES, n_test).astype(np.int64),
-                   [f"class{i}" for i in range(CLASSES)])
+                   [f"class{i}" for i in range(CLASSES)], (3, 32, 32))
 
 
-def make_trainer(net: str, engine: str, data: CIFAR10, epochs: int = 1, seed: int = 0) -> Trainer:
+def make_trainer(net: str, engine: str, data: Dataset, epochs: int = 1, seed: int = 0) -> Trainer:
     """A Trainer for one of NETS on `data`, ready for step() (no validation split)."""
-    cfg = TrainConfig(engine=engine, epochs=epochs, seed=seed, val_size=0, warmup_epochs=0,
+    cfg = TrainConfig(engine=engine, epochs=epochs, seed=seed, val_size=0.0, warmup_epochs=0.0,
                       lr=0.01, **NETS[net])
-    trainer = Trainer(cfg, data)
-    trainer.x_norm = trainer.model.input_transform()
-    return trainer
+    return Trainer(cfg, data)
 
 
 def train_epoch(trainer: Trainer, lr: float = 0.01) -> None:

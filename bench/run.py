@@ -185,8 +185,9 @@ def _probe_main(kind: str, args: dict) -> dict:
                 "first_eval_seconds": eval_first, "first_step_done": first_done}
     if kind == "memory":
         from fastfcnn.network import evaluate
-        from fastfcnn.train import TrainConfig, Trainer
-        cfg = TrainConfig(epochs=1, val_size=min(5000, len(data.y_train) // 10), **common.NETS["seed"])
+        from fastfcnn.config import TrainConfig
+        from fastfcnn.train import Trainer
+        cfg = TrainConfig(epochs=1, val_size=float(min(5000, len(data.y_train) // 10)), **common.NETS["seed"])
         trainer = Trainer(cfg, data)
         trainer.run()
         evaluate(trainer.E, trainer.model, data.x_test, data.y_test)
@@ -233,7 +234,7 @@ def run(nets, threads: int, data_dir: Path | None, quick: bool, repeats: int | N
     else:
         data = common.synthetic_cifar(n_train)
         source = "synthetic"
-    from fastfcnn.cli import versions
+    from fastfcnn.engine import versions
     from . import torch_epoch
     report = {"threads": threads, "quick": quick, "repeats": repeats, "data": source,
               "n_train": int(len(data.y_train)), "versions": versions(), "nets": {}}

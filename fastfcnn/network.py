@@ -5,9 +5,6 @@ functions with the same arguments, so this file is the whole algorithm for both.
 """
 import numpy as np
 
-from .kernels import pack_workspace
-from .kernels.matmul import packed_a_floats
-
 F32 = np.float32
 
 
@@ -17,16 +14,18 @@ class Workspace:
     rows(n) hands out views of the first n rows (built once per n and cached), so a run's short
     last batch reuses the same memory and nothing is allocated inside the step loop.
 
-    sizes are the trainable layers' widths. raw_inputs is the image size when a fixed whitening
-    map turns each image into the sizes[0] inputs of the first layer (None: no whitening).
+    sizes are the trainable layers' widths. raw_inputs is the row width when a fixed whitening
+    map turns each row into the sizes[0] inputs of the first layer (None: no whitening).
     With dropout, drop_u[l] holds the uniform draws for the mask of hidden activation l.
+    E is the engine (kernels or reference); x_dtype the dataset's (uint8 images, float32 features).
     """
 
-    def __init__(self, sizes, capacity: int, raw_inputs=None, dropout: bool = False):
+    def __init__(self, E, sizes, capacity: int, raw_inputs=None, dropout: bool = False, x_dtype=np.uint8):
+        self.E = E
         self.sizes = list(sizes)
         self.capacity = capacity
         self.raw_inputs = raw_inputs
-        self._xb = np.empty(capacity * (raw_inputs or sizes[0]), np.uint8)
+        self._xb = np.empty(capacity * (raw_inputs or sizes[0]), x_dtype)
         self._xn = None if raw_inputs is None else np.empty(capacity * raw_inputs, F32)
         self._drop_u = [np.empty(capacity * s, F32) if dropout and 0 < l < len(sizes) - 1 else None
                         for l, s in enumerate(sizes)]
@@ -44,7 +43,8 @@ class Workspace:
         if self._pack is None:
             cap, widths = self.capacity, self.sizes + ([self.raw_inputs] if self.raw_inputs else [])
             # op(a) of every product: x (cap, in) forward, dy.T (out, cap) and dy (cap, out) backward
-            self._pack = pack_workspace(max(max(packed_a_floats(cap, w), packed_a_floats(w, cap)) for w in widths))
+            floats = self.E.packed_a_floats
+            self._pack = self.E.pack_workspace(max(max(floats(cap, w), floats(w, cap)) for w in widths))
         return self._pack
 
     def rows(self, n: int) -> "Views":
@@ -72,14 +72,16 @@ class Views:
         self.ws = ws
 
 
-def workspace_for(model, capacity: int, dropout: bool = False) -> Workspace:
+def workspace_for(E, model, capacity: int, dropout: bool = False) -> Workspace:
     """A Workspace shaped for `model` (with room for its whitening map, if it has one)."""
     raw = None if model.whiten is None else model.n_inputs
-    return Workspace(model.sizes, capacity, raw_inputs=raw, dropout=dropout)
+    x_dtype = np.float32 if model.image_shape is None else np.uint8
+    return Workspace(E, model.sizes, capacity, raw_inputs=raw, dropout=dropout, x_dtype=x_dtype)
 
 
 def forward(E, model, x_norm, v: Views, dropout: float = 0.0) -> np.ndarray:
-    """Logits (n, classes) for the uint8 batch in v.xb; x_norm = model.input_transform().
+    """Logits (n, classes) for the batch in v.xb (uint8 images or float32 features);
+    x_norm = model.input_transform().
 
     With a whitening map P the images are normalised into v.xn and acts[0] = v.xn @ P.T + c is
     the first trainable layer's input (P is fixed: backward never reaches it). With dropout > 0
@@ -118,37 +120,61 @@ def backward(E, model, v: Views, smoothing: float, grads_w, grads_b, dropout: fl
     return float(v.row_loss.sum(dtype=np.float64))
 
 
-def evaluate(E, model, x, y, idx=None, batch: int = 256, flip_tta: bool = False) -> tuple:
-    """(mean loss, accuracy) of `model` on the uint8 images x[idx] (all of x if idx is None)
-    with labels y[idx].
+def batches(E, model, x, idx=None, batch: int = 256, flip_tta: bool = False):
+    """Yield (ids, views, logits) for the rows x[idx] (all of x if idx is None), `batch` rows at a time.
 
     flip_tta: test-time augmentation; each image is also classified mirrored left-right and the
-    two logits are averaged (images must be channel-planar squares, like CIFAR-10's).
+    two logits are averaged (images only). The logits are a view into a reused buffer.
     """
     if idx is None:
-        idx = np.arange(len(y), dtype=np.int64)
+        idx = np.arange(len(x), dtype=np.int64)
     n = len(idx)
-    ws = workspace_for(model, min(batch, max(n, 1)))
+    ws = workspace_for(E, model, min(batch, max(n, 1)))
     x_norm = model.input_transform()
     if flip_tta:
+        if model.image_shape is None:
+            raise ValueError("flip TTA needs images")
         no_shift = np.zeros(ws.capacity, np.int64)
         mirror = np.ones(ws.capacity, bool)
         first_view = np.empty((ws.capacity, model.sizes[-1]), F32)
-    loss = 0.0
-    correct = 0
     for s in range(0, n, ws.capacity):
         v = ws.rows(min(ws.capacity, n - s))
         ids = idx[s : s + v.n]
         E.gather_batch(x, ids, v.xb)
-        np.take(y, ids, out=v.labels)
         logits = forward(E, model, x_norm, v)
         if flip_tta:
             np.copyto(first_view[: v.n], logits)
-            E.gather_augment(x, ids, no_shift[: v.n], no_shift[: v.n], mirror[: v.n], E.PAD_ZERO, v.xb)
+            E.gather_augment(x, ids, no_shift[: v.n], no_shift[: v.n], mirror[: v.n], E.PAD_ZERO,
+                             *model.image_shape, v.xb)
             logits = forward(E, model, x_norm, v)
             logits += first_view[: v.n]
             logits *= F32(0.5)
+        yield ids, v, logits
+
+
+def evaluate(E, model, x, y, idx=None, batch: int = 256, flip_tta: bool = False) -> tuple:
+    """(mean loss, accuracy) of `model` on the rows x[idx] (all of x if idx is None) with labels y[idx]."""
+    n = len(y) if idx is None else len(idx)
+    loss, correct = 0.0, 0
+    for ids, v, logits in batches(E, model, x, idx, batch, flip_tta):
+        np.take(y, ids, out=v.labels)
         E.softmax_xent_grad(logits, v.labels, 0.0, v.deltas[-1], v.row_loss)
         loss += float(v.row_loss.sum(dtype=np.float64))
         correct += E.count_correct(logits, v.labels)
     return loss / max(n, 1), correct / max(n, 1)
+
+
+def predict_proba(E, model, x, batch: int = 256, flip_tta: bool = False) -> np.ndarray:
+    """Class probabilities (N, classes) float32: the softmax of the logits of every row of x."""
+    probs = np.empty((len(x), model.sizes[-1]), F32)
+    for ids, v, logits in batches(E, model, x, None, batch, flip_tta):
+        E.softmax(logits, probs[ids[0] : ids[0] + v.n])
+    return probs
+
+
+def predict_logits(E, model, x, batch: int = 256) -> np.ndarray:
+    """The logits (N, classes) float32 of every row of x."""
+    out = np.empty((len(x), model.sizes[-1]), F32)
+    for ids, v, logits in batches(E, model, x, None, batch):
+        out[ids[0] : ids[0] + v.n] = logits
+    return out

@@ -1,11 +1,9 @@
 """Named training recipes: `fastfcnn train --preset NAME` fills in these options.
 
-Each preset maps TrainConfig field names to values. Options given explicitly on the command line
-override the preset; anything neither sets keeps TrainConfig's default.
+Each preset maps TrainConfig field names to values (config.resolve layers them: defaults, then the
+preset, then a config file, then options given explicitly).
 """
-from dataclasses import fields
-
-from .errors import UserError
+from .config import flag, show
 
 PRESETS = {
     # The seed architecture 3072-64-64-10, aiming at >= 55 % test accuracy within 2 minutes on
@@ -30,32 +28,15 @@ PRESETS = {
 }
 
 
-def resolve(preset: str | None, explicit: dict) -> dict:
-    """TrainConfig keyword arguments: explicit options (those not None) over the preset's."""
-    from .train import TrainConfig
-
-    if preset is not None and preset not in PRESETS:
-        raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(explicit) - known
-    assert not unknown, f"options with no TrainConfig field: {unknown}"
-    chosen = dict(PRESETS[preset]) if preset else {}
-    chosen |= {k: v for k, v in explicit.items() if v is not None}
-    return chosen
-
-
 def describe() -> str:
     """One line per preset: its name and the options it expands to, as command-line flags."""
     lines = []
     for name, opts in PRESETS.items():
         flags = []
         for key, value in opts.items():
-            flag = "--" + key.replace("_", "-")
             if isinstance(value, bool):
-                flags.append(flag if value else "--no-" + key.replace("_", "-"))
-            elif isinstance(value, list):
-                flags.append(f"{flag} {','.join(map(str, value))}")
+                flags.append(flag(key) if value else "--no-" + key.replace("_", "-"))
             else:
-                flags.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+                flags.append(f"{flag(key)} {show(value).strip(chr(39))}")
         lines.append(f"{name}: {' '.join(flags)}")
     return "\n".join(lines)

@@ -27,6 +27,10 @@ def pack_workspace(a_floats: int = 0) -> np.ndarray:
     return np.empty(0, np.float32)   # NumPy's BLAS packs for itself
 
 
+def packed_a_floats(m: int, k: int) -> int:
+    return 0                         # nothing to pack: pack_workspace ignores its size
+
+
 def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out, pack):
     np.subtract(xb, mean, out=x, dtype=np.float32)
     x *= inv_std
@@ -55,6 +59,11 @@ def softmax_xent_grad(logits, labels, smoothing, dlogits, row_loss):
     target[np.arange(n), labels] += np.float32(1 - smoothing)
     np.multiply(np.exp(log_p) - target, np.float32(1 / n), out=dlogits)
     np.sum(-target * log_p, axis=1, out=row_loss)
+
+
+def softmax(logits, probs):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.divide(e, e.sum(axis=1, keepdims=True), out=probs)
 
 
 def count_correct(logits, labels):
@@ -96,13 +105,16 @@ def dropout(x, u, p):
 PAD_ZERO, PAD_REFLECT = 0, 1
 
 
-def gather_augment(x, idx, shift_y, shift_x, flip, pad_mode, out):
-    n = len(idx)
-    side = int(np.sqrt(x.shape[1] // 3))
-    for i in range(n):
-        img = x[idx[i]].reshape(3, side, side)
-        p = max(abs(int(shift_y[i])), abs(int(shift_x[i])))
-        padded = np.pad(img, ((0, 0), (p, p), (p, p)), mode="reflect" if pad_mode == PAD_REFLECT else "constant")
-        y0, x0 = p + shift_y[i], p + shift_x[i]
-        crop = padded[:, y0 : y0 + side, x0 : x0 + side]
+def gather_augment(x, idx, shift_y, shift_x, flip, pad_mode, channels, height, width, out):
+    if x.shape[1] != channels * height * width or out.shape[1] != x.shape[1] or out.shape[0] != len(idx):
+        raise ValueError("gather_augment: x and out need channels*height*width columns, out one row per idx")
+    reflect = pad_mode == PAD_REFLECT
+    if reflect and (np.any(np.abs(shift_y) >= height) or np.any(np.abs(shift_x) >= width)):
+        raise ValueError("gather_augment: reflect padding needs |shift_y| < height, |shift_x| < width")
+    for i in range(len(idx)):
+        img = x[idx[i]].reshape(channels, height, width)
+        py, px = abs(int(shift_y[i])), abs(int(shift_x[i]))
+        padded = np.pad(img, ((0, 0), (py, py), (px, px)), mode="reflect" if reflect else "constant")
+        y0, x0 = py + shift_y[i], px + shift_x[i]
+        crop = padded[:, y0 : y0 + height, x0 : x0 + width]
         out[i] = (crop[:, :, ::-1] if flip[i] else crop).reshape(-1)

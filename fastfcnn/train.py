@@ -1,78 +1,48 @@
-"""The training loop: data in, a trained Model and its per-epoch history out."""
+"""The training loop: a Dataset in, a trained Model and its per-epoch history out."""
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from . import network
-from .data import channel_stats, stratified_split
-from .engine import ENGINES, get_engine
+from .config import TrainConfig
+from .data import input_stats, stratified_split
+from .engine import get_engine
 from .errors import UserError
 from .model import feature_stats, init_model
-from .schedule import SCHEDULES, learning_rate
-from .whiten import WHITENINGS, fit_whitening
+from .schedule import learning_rate
+from .whiten import fit_whitening
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-CROP_MODES = ("reflect", "zero")
+
+class Diverged(UserError):
+    """The loss, a weight or the validation loss became NaN or inf."""
+
+
+class Interrupted(Exception):
+    """The run stopped at a step boundary because it was asked to (Ctrl-C, SIGTERM)."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__(f"interrupted in epoch {epoch} before step {step + 1}")
+        self.epoch, self.step = epoch, step
 
 
 @dataclass
-class TrainConfig:
-    hidden: list = field(default_factory=lambda: [64, 64])
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    lr_schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    optimizer: str = "sgd"
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-    dropout: float = 0.0
-    crop_pad: int = 0
-    crop_mode: str = "reflect"
-    flip: bool = False
-    whiten: str = "none"
-    whiten_dims: int = 256
-    whiten_eps: float = 0.1
-    patience: int = 0
-    engine: str = "numba"
-    seed: int = 0
-    val_size: int = 5000
+class OptimizerState:
+    """Everything the optimizer carries from one step to the next, one entry per parameter
+    (the weights, then the biases, as Trainer.params orders them).
 
-    def check(self, n_train: int) -> None:
-        """Raise UserError naming the first option whose value cannot work."""
-        rules = [
-            (all(h >= 1 for h in self.hidden), "--hidden sizes must be positive integers"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
-            (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
-            (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
-            (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
-            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.adam_eps > 0, "Adam needs betas in [0, 1) and eps > 0"),
-            (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
-            (0 <= self.crop_pad <= 31, "--crop-pad must be between 0 and 31 pixels"),
-            (self.crop_mode in CROP_MODES, f"--crop-mode must be one of {', '.join(CROP_MODES)}"),
-            (self.whiten in WHITENINGS, f"--whiten must be one of {', '.join(WHITENINGS)}"),
-            (self.whiten != "pca" or self.whiten_dims >= 1, "--whiten-dims must be at least 1"),
-            (self.whiten_eps > 0, "--whiten-eps must be > 0"),
-            (self.patience >= 0, "--patience must be >= 0 (0 turns early stopping off)"),
-            (self.patience == 0 or self.val_size > 0, "--patience needs a validation split (--val-size > 0)"),
-            (self.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}"),
-            (0 <= self.val_size < n_train, f"--val-size must be in [0, {n_train}) for this data"),
-        ]
-        for ok, message in rules:
-            if not ok:
-                raise UserError(message)
+    first: SGD's velocity or Adam's first moment; second: Adam's second moment (empty for SGD);
+    updates: Adam's step count, for its bias correction.
+    """
+
+    first: list
+    second: list
+    updates: int = 0
+
+    @classmethod
+    def zeros(cls, params, adam: bool) -> "OptimizerState":
+        return cls([np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params] if adam else [])
 
 
 class Trainer:
@@ -83,34 +53,30 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, data, on_epoch=None, on_step=None):
-        cfg.check(len(data.y_train))
+        cfg.check()
+        cfg.check_data(data)
         self.cfg = cfg
         self.data = data
         self.on_epoch = on_epoch or (lambda record: None)
         self.on_step = on_step or (lambda done, total: None)
         self.rng = np.random.default_rng(cfg.seed)
-        self.train_idx, self.val_idx = stratified_split(data.y_train, cfg.val_size, self.rng)
-        mean, std = channel_stats(data.x_train, idx=self.train_idx)
-        d = data.x_train.shape[1]
-        if cfg.whiten == "pca" and cfg.whiten_dims > d:
-            raise UserError(f"--whiten-dims must be at most {d}, the number of input features")
+        self.train_idx, self.val_idx = stratified_split(data.y_train, cfg.n_val(len(data.y_train)), self.rng)
+        mean, std = input_stats(data, self.train_idx)
+        d = data.n_features
         first = {"none": d, "zca": d, "pca": cfg.whiten_dims}[cfg.whiten]
         sizes = [first, *cfg.hidden, len(data.class_names)]
-        self.model = init_model(sizes, mean, std, data.class_names, self.rng, asdict(cfg))
+        self.model = init_model(sizes, mean, std, data.class_names, self.rng, asdict(cfg), data.image_shape)
         if cfg.whiten != "none":
             self.model.whiten, self.model.whiten_bias = fit_whitening(
                 data.x_train, self.train_idx, *feature_stats(mean, std, d), cfg.whiten, cfg.whiten_dims,
                 cfg.whiten_eps)
+        self.x_norm = self.model.input_transform()
         self.E = get_engine(cfg.engine)
-        self.grads_w = [np.zeros_like(w) for w in self.model.weights]
-        self.grads_b = [np.zeros_like(b) for b in self.model.biases]
-        self.vel_w = [np.zeros_like(w) for w in self.model.weights]   # SGD velocity / Adam first moment
-        self.vel_b = [np.zeros_like(b) for b in self.model.biases]
-        adam = cfg.optimizer != "sgd"
-        self.sq_w = [np.zeros_like(w) for w in self.model.weights] if adam else []  # Adam second moment
-        self.sq_b = [np.zeros_like(b) for b in self.model.biases] if adam else []
-        self.updates = 0
-        self.ws = network.workspace_for(self.model, min(cfg.batch_size, len(self.train_idx)), cfg.dropout > 0)
+        self.params = self.model.weights + self.model.biases     # the arrays themselves, updated in place
+        self.decays = [cfg.weight_decay] * len(self.model.weights) + [0.0] * len(self.model.biases)
+        self.grads = [np.zeros_like(p) for p in self.params]
+        self.opt = OptimizerState.zeros(self.params, adam=cfg.optimizer != "sgd")
+        self.ws = network.workspace_for(self.E, self.model, min(cfg.batch_size, len(self.train_idx)), cfg.dropout > 0)
         self.steps_per_epoch = math.ceil(len(self.train_idx) / self.ws.capacity)
         self.augment = cfg.crop_pad > 0 or cfg.flip
         cap = self.ws.capacity
@@ -118,12 +84,22 @@ class Trainer:
         self._shift = np.zeros((2, cap), np.int64)
         self._flip = np.zeros(cap, bool)
         self.best_epoch, self.best_val_accuracy = None, -1.0
-        self.best_w = [np.empty_like(w) for w in self.model.weights] if cfg.patience else []
-        self.best_b = [np.empty_like(b) for b in self.model.biases] if cfg.patience else []
+        self.best_params = [np.empty_like(p) for p in self.params] if cfg.patience else []
         self.history = []
+        # Where the run stands: epochs done, and inside the current one its order, next step and sums.
+        self.epoch, self.stopped = 0, False
+        self.order, self.pos, self.loss_sum, self.correct, self.seconds = None, 0, 0.0, 0, 0.0
+
+    @property
+    def grads_w(self) -> list:
+        return self.grads[: len(self.model.weights)]
+
+    @property
+    def grads_b(self) -> list:
+        return self.grads[len(self.model.weights) :]
 
     def gather(self, idx: np.ndarray, v) -> None:
-        """The uint8 batch x_train[idx] into v.xb, randomly cropped and flipped if configured."""
+        """The batch x_train[idx] into v.xb, images randomly cropped and flipped if configured."""
         if not self.augment:
             self.E.gather_batch(self.data.x_train, idx, v.xb)
             return
@@ -139,10 +115,10 @@ class Trainer:
         if self.cfg.flip:
             np.less(u[2], 0.5, out=flip)
         mode = self.E.PAD_REFLECT if self.cfg.crop_mode == "reflect" else self.E.PAD_ZERO
-        self.E.gather_augment(self.data.x_train, idx, shift[0], shift[1], flip, mode, v.xb)
+        self.E.gather_augment(self.data.x_train, idx, shift[0], shift[1], flip, mode, *self.data.image_shape, v.xb)
 
     def step(self, idx: np.ndarray, lr: float) -> tuple:
-        """One SGD step on the rows idx of the training set; returns (summed loss, correct)."""
+        """One step on the rows idx of the training set; returns (summed loss, correct)."""
         E, m, cfg = self.E, self.model, self.cfg
         v = self.ws.rows(len(idx))
         self.gather(idx, v)
@@ -159,66 +135,93 @@ class Trainer:
 
     def update(self, lr: float) -> None:
         """Apply the configured optimizer to every parameter; weight decay on weights only."""
-        E, m, cfg = self.E, self.model, self.cfg
-        lr32, wd, zero = np.float32(lr), np.float32(cfg.weight_decay), np.float32(0)
+        E, cfg, opt = self.E, self.cfg, self.opt
+        lr32 = np.float32(lr)
         if cfg.optimizer == "sgd":
             mu = np.float32(cfg.momentum)
-            for w, g, vel in zip(m.weights, self.grads_w, self.vel_w):
-                E.sgd_momentum_update(w, g, vel, lr32, mu, wd, cfg.nesterov)
-            for b, g, vel in zip(m.biases, self.grads_b, self.vel_b):
-                E.sgd_momentum_update(b, g, vel, lr32, mu, zero, cfg.nesterov)
+            for p, g, vel, wd in zip(self.params, self.grads, opt.first, self.decays):
+                E.sgd_momentum_update(p, g, vel, lr32, mu, np.float32(wd), cfg.nesterov)
             return
-        self.updates += 1
+        opt.updates += 1
         b1, b2, eps = np.float32(cfg.beta1), np.float32(cfg.beta2), np.float32(cfg.adam_eps)
         decoupled = cfg.optimizer == "adamw"
-        for w, g, m1, m2 in zip(m.weights, self.grads_w, self.vel_w, self.sq_w):
-            E.adam_update(w, g, m1, m2, lr32, b1, b2, eps, wd, decoupled, self.updates)
-        for b, g, m1, m2 in zip(m.biases, self.grads_b, self.vel_b, self.sq_b):
-            E.adam_update(b, g, m1, m2, lr32, b1, b2, eps, zero, decoupled, self.updates)
+        for p, g, m1, m2, wd in zip(self.params, self.grads, opt.first, opt.second, self.decays):
+            E.adam_update(p, g, m1, m2, lr32, b1, b2, eps, np.float32(wd), decoupled, opt.updates)
 
     def run(self) -> list:
-        cfg, B = self.cfg, self.ws.capacity
-        self.x_norm = self.model.input_transform()
-        total = cfg.epochs * self.steps_per_epoch
-        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
-        n = len(self.train_idx)
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            order = self.rng.permutation(self.train_idx)
-            loss_sum, correct = 0.0, 0
-            for s in range(self.steps_per_epoch):
-                step = (epoch - 1) * self.steps_per_epoch + s
-                lr = learning_rate(cfg.lr_schedule, cfg.lr, step, total, warmup)
-                loss, c = self.step(order[s * B : (s + 1) * B], lr)
-                if not math.isfinite(loss):
-                    raise UserError(
-                        f"training diverged: the loss became {loss} in epoch {epoch} (step {s + 1}) "
-                        f"at learning rate {lr:.4g}; try a lower --lr than {cfg.lr:g}")
-                loss_sum += loss
-                correct += c
-                self.on_step(s + 1, self.steps_per_epoch)
-            seconds = time.perf_counter() - t0
-            record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / n, "train_accuracy": correct / n}
-            record |= self.validate()
-            record["seconds"] = seconds
-            self.history.append(record)
-            self.on_epoch(record)
-            if cfg.patience and self.early_stop(epoch, record["val_accuracy"]):
-                break
+        """Train until cfg.epochs epochs are done or early stopping ends the run; returns the history."""
+        while self.epoch < self.cfg.epochs and not self.stopped:
+            self.run_epoch()
         return self.history
+
+    def learning_rate(self, step: int) -> float:
+        """The rate of 0-based global step `step` of a run of cfg.epochs epochs."""
+        cfg = self.cfg
+        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
+        return learning_rate(cfg.lr_schedule, cfg.lr, step, cfg.epochs * self.steps_per_epoch, warmup)
+
+    def run_epoch(self) -> dict:
+        """Run the rest of the current epoch (all of it, unless a checkpoint stopped it part way),
+        validate, and return its history record."""
+        B, spe, n = self.ws.capacity, self.steps_per_epoch, len(self.train_idx)
+        if self.order is None:                        # a new epoch
+            self.order = self.rng.permutation(self.train_idx)
+            self.pos, self.loss_sum, self.correct, self.seconds = 0, 0.0, 0, 0.0
+        t0 = time.perf_counter()
+        while self.pos < spe:
+            if self.should_stop():
+                self.seconds += time.perf_counter() - t0
+                raise Interrupted(self.epoch + 1, self.pos)
+            lr = self.learning_rate(self.epoch * spe + self.pos)
+            loss, c = self.step(self.order[self.pos * B : (self.pos + 1) * B], lr)
+            if not math.isfinite(loss):
+                raise Diverged(
+                    f"training diverged: the loss became {loss} in epoch {self.epoch + 1} (step {self.pos + 1}) "
+                    f"at learning rate {lr:.4g}; try a lower --lr than {self.cfg.lr:g}")
+            self.loss_sum += loss
+            self.correct += c
+            self.pos += 1
+            self.on_step(self.pos, spe)
+        self.seconds += time.perf_counter() - t0
+        if not self.params_finite():   # the last update of the epoch; earlier ones showed in the next loss
+            raise Diverged(f"training diverged: the weights became NaN or inf in epoch {self.epoch + 1}; "
+                           f"try a lower --lr than {self.cfg.lr:g}")
+        self.epoch += 1
+        record = {"epoch": self.epoch, "lr": lr, "train_loss": self.loss_sum / n, "train_accuracy": self.correct / n}
+        record |= self.validate()
+        record["seconds"] = self.seconds
+        if record["val_loss"] is not None and not math.isfinite(record["val_loss"]):
+            raise Diverged(f"training diverged: the validation loss became {record['val_loss']} after epoch "
+                           f"{self.epoch}; try a lower --lr than {self.cfg.lr:g}")
+        self.order = None
+        self.history.append(record)
+        if self.cfg.patience and self.early_stop(self.epoch, record["val_accuracy"]):
+            self.stopped = True
+        self.on_epoch(record)
+        return record
+
+    def params_finite(self) -> bool:
+        """Whether every parameter is finite. An update that overflows shows in the next step's
+        loss, so this runs once an epoch, for the epoch's last update."""
+        return all(np.isfinite(p.sum(dtype=np.float32)) for p in self.params)
+
+    def should_stop(self) -> bool:
+        """Whether the run should stop at this step boundary (set by a signal handler)."""
+        return False
 
     def early_stop(self, epoch: int, val_accuracy: float) -> bool:
         """Keep a copy of the weights when validation accuracy improves; True once it has not
         improved for cfg.patience epochs."""
         if val_accuracy > self.best_val_accuracy:
             self.best_epoch, self.best_val_accuracy = epoch, val_accuracy
-            for dst, src in zip(self.best_w + self.best_b, self.model.weights + self.model.biases):
+            for dst, src in zip(self.best_params, self.params):
                 np.copyto(dst, src)
         return epoch - self.best_epoch >= self.cfg.patience
 
     def best_model(self):
         """The model with the best-validation weights (needs cfg.patience > 0 and a finished run)."""
-        return replace(self.model, weights=self.best_w, biases=self.best_b)
+        n = len(self.model.weights)
+        return replace(self.model, weights=self.best_params[:n], biases=self.best_params[n:])
 
     def validate(self) -> dict:
         if len(self.val_idx) == 0:

@@ -2,8 +2,8 @@
 from .dropout import dropout
 from .gather import PAD_REFLECT, PAD_ZERO, gather_augment, gather_batch
 from .linear import input_linear_forward, linear_forward, linear_grad_input, linear_grad_params
-from .loss import count_correct, softmax_xent_grad
-from .matmul import gemm_nt, gemm_op, pack_workspace
+from .loss import count_correct, softmax, softmax_xent_grad
+from .matmul import gemm_nt, gemm_op, pack_workspace, packed_a_floats
 from .optim import adam_update, sgd_momentum_update
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "linear_grad_params",
     "linear_grad_input",
     "softmax_xent_grad",
+    "softmax",
     "count_correct",
     "sgd_momentum_update",
     "adam_update",
@@ -21,4 +22,5 @@ __all__ = [
     "gemm_nt",
     "gemm_op",
     "pack_workspace",
+    "packed_a_floats",
 ]

@@ -1,4 +1,5 @@
-"""Softmax + cross-entropy: loss and gradient in one numerically stable pass."""
+"""Softmax + cross-entropy: loss and gradient in one numerically stable pass; softmax alone for
+prediction."""
 import numpy as np
 from numba import prange
 
@@ -33,6 +34,28 @@ def softmax_xent_grad(logits, labels, smoothing, dlogits, row_loss):
             dlogits[i, j] = (np.exp(log_p) - t) * inv_n
             loss -= t * log_p
         row_loss[i] = loss
+
+
+@kernel
+def softmax(logits, probs):
+    """probs (B,C) float32 = softmax of each row of logits (B,C) float32; probs may be logits.
+
+    The row max is subtracted first, so logits of any size (1e4, say) cannot overflow exp.
+    """
+    n, c = logits.shape
+    for i in prange(n):
+        row, dst = logits[i], probs[i]
+        m = row[0]
+        for j in range(1, c):
+            m = max(m, row[j])
+        z = np.float32(0)
+        for j in range(c):
+            e = np.exp(row[j] - m)   # row[j] is read before dst[j] is written: safe in place
+            dst[j] = e
+            z += e
+        inv_z = np.float32(1) / z    # z >= 1 (the max term is exp(0)): never a division by 0
+        for j in range(c):
+            dst[j] *= inv_z
 
 
 @kernel

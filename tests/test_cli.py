@@ -77,13 +77,18 @@ def test_numpy_engine_trains_the_same_net(tmp_path, data_dir):
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--lr-schedule", "linear"], "--lr-schedule must be one of"),
     (["--engine", "torch"], "--engine must be one of"),
-    (["--val-size", "600"], "--val-size must be in [0, 600)"),
+    (["--val-size", "600"], "--val-size 600 leaves no training rows"),
+    (["--val-size", "1.5"], "--val-size must be a fraction below 1 or a whole count"),
+    (["--lr", "inf"], "--lr must be a positive number"),
+    (["--momentum", "nan"], "--momentum must be in [0, 1)"),
     (["--threads", "999"], "--threads must be between 1 and"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--optimizer", "rmsprop"], "--optimizer must be one of sgd, adam, adamw"),
     (["--dropout", "1"], "--dropout must be in [0, 1)"),
     (["--crop-mode", "wrap"], "--crop-mode must be one of reflect, zero"),
-    (["--crop-pad", "40"], "--crop-pad must be between 0 and 31"),
+    (["--crop-pad", "40"], "--crop-pad with reflect padding must be below the image side (32)"),
+    (["--crop-pad", "300", "--crop-mode", "zero"], "--crop-pad must be between 0 and 255"),
+    (["--config", "nowhere.json"], "cannot read config file nowhere.json"),
     (["--whiten", "pcaa"], "--whiten must be one of none, zca, pca"),
     (["--whiten", "pca", "--whiten-dims", "5000", "--val-size", "60"], "--whiten-dims must be at most 3072"),
     (["--patience", "3", "--val-size", "0"], "--patience needs a validation split"),
@@ -146,11 +151,11 @@ def test_divergence_leaves_nothing(tmp_path, data_dir):
 
 def test_evaluate_shape_mismatch(tmp_path, data_dir):
     model = init_model([12, 10], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [str(i) for i in range(10)],
-                       np.random.default_rng(0))
+                       np.random.default_rng(0), image_shape=(3, 2, 2))
     save_model(tmp_path / "small.npz", model)
     result = run("evaluate", tmp_path / "small.npz", "--data-dir", data_dir)
     assert result.exit_code == 1
-    assert "the model takes 12 inputs but the data has 3072" in result.output
+    assert "the model takes images 3x2x2 (12 inputs) but the data holds images 3x32x32 (3072 inputs)" in result.output
 
 
 def test_evaluate_corrupt_model(tmp_path, data_dir):
@@ -238,15 +243,20 @@ def test_patience_writes_best_model(tmp_path, data_dir):
 
 
 def test_presets_expand_and_explicit_options_override(tmp_path, data_dir, monkeypatch):
-    from fastfcnn import presets
-    from fastfcnn.train import TrainConfig
+    from dataclasses import asdict
 
-    assert presets.resolve(None, {"lr": None, "epochs": 3}) == {"epochs": 3}
+    from fastfcnn import presets
+    from fastfcnn.config import TrainConfig, resolve
+
+    assert resolve(None, None, {"lr": None, "epochs": 3}) == TrainConfig(epochs=3)
     for name, expansion in presets.PRESETS.items():
-        assert presets.resolve(name, {"lr": None}) == expansion
-        TrainConfig(**expansion).check(50_000)
-        assert presets.resolve(name, {"lr": 0.123, "flip": False})["lr"] == 0.123
-        assert presets.resolve(name, {"flip": False})["flip"] is False
+        assert resolve(name, None, {"lr": None}) == TrainConfig(**expansion)
+        assert resolve(name, None, {"lr": 0.123, "flip": False}).lr == 0.123
+        assert resolve(name, None, {"flip": False}).flip is False
+        # a config file's options sit between the preset and the explicit ones
+        assert resolve(name, {"lr": 0.5, "epochs": 7}, {"lr": 0.25}) == TrainConfig(**{**expansion, "epochs": 7,
+                                                                                         "lr": 0.25})
+        assert set(expansion) <= set(asdict(TrainConfig()))
     assert presets.PRESETS["seed"]["hidden"] == [64, 64]
     # through the command, on a shrunk copy of the seed preset so it runs in a moment
     monkeypatch.setitem(presets.PRESETS, "seed", {**presets.PRESETS["seed"], "epochs": 2, "batch_size": 32})
@@ -263,7 +273,7 @@ def test_presets_expand_and_explicit_options_override(tmp_path, data_dir, monkey
 def test_no_preset_keeps_the_defaults(tmp_path, data_dir):
     from dataclasses import asdict
 
-    from fastfcnn.train import TrainConfig
+    from fastfcnn.config import TrainConfig
     out = tmp_path / "run"
     assert run("train", "--data-dir", data_dir, "--out", out, "--epochs", "1", "--val-size", "60",
                "--quiet").exit_code == 0

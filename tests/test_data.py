@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from cifar_fixture import CLASS_NAMES, make_synthetic, write_cifar10
 
-from fastfcnn import data
+from fastfcnn.data import cifar10 as data
 from fastfcnn.data import (
     ARCHIVE_NAME,
     FOLDER_NAME,
@@ -22,6 +22,7 @@ from fastfcnn.data import (
     resolve_data_dir,
     stratified_split,
 )
+from fastfcnn.data import Dataset
 from fastfcnn.errors import UserError
 
 
@@ -30,7 +31,7 @@ def arrays():
     return make_synthetic(50, 20, seed=0)
 
 
-def assert_matches(ds: data.CIFAR10, arrays, class_names=CLASS_NAMES) -> None:
+def assert_matches(ds: Dataset, arrays, class_names=CLASS_NAMES) -> None:
     x_train, y_train, x_test, y_test = arrays
     for got, want, dtype in [(ds.x_train, x_train, np.uint8), (ds.y_train, y_train, np.int64),
                              (ds.x_test, x_test, np.uint8), (ds.y_test, y_test, np.int64)]:

@@ -75,6 +75,26 @@ def test_input_linear_forward(batch, d, h, relu):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("d", [1, 33, 3072])
+@pytest.mark.parametrize("h", [1, 10, 64])
+@pytest.mark.parametrize("relu", [True, False])
+def test_input_linear_forward_float32_features(batch, d, h, relu):
+    """The first layer on tabular float32 features instead of uint8 pixels."""
+    rng = np.random.default_rng(batch + 7 * d + h)
+    xb = randn(rng, batch, d) * np.float32(3) + np.float32(1)
+    mean = randn(rng, d)
+    inv_std = (1 / rng.uniform(0.5, 4, d)).astype(np.float32)
+    w, b = randn(rng, h, d) * np.float32(0.05), randn(rng, h)
+    args = (xb, mean, inv_std, w, b, relu, np.zeros((batch, d), np.float32), np.zeros((batch, h), np.float32),
+            PACK)
+    (kx, ko), _ = both("input_linear_forward", *args, outputs=[6, 7])[0]
+    (rx, ro), _ = both("input_linear_forward", *args, outputs=[6, 7])[1]
+    close(kx, rx)
+    close(ko, ro)
+    np.testing.assert_allclose(kx, (xb - mean) * inv_std, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("d,h", [(33, 10), (3072, 1), (1, 33), (10, 3072)])   # (10, 3072): gemm_op's path
 @pytest.mark.parametrize("relu", [True, False])
 def test_linear_forward(batch, d, h, relu):
@@ -139,6 +159,54 @@ def test_softmax_xent_known_value():
 
 
 @pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("classes", [1, 2, 10, 33])
+def test_softmax(batch, classes):
+    rng = np.random.default_rng(batch * 10 + classes)
+    logits = randn(rng, batch, classes) * np.float32(5)
+    logits[0, 0] = 1e4       # exp(1e4) overflows float32 (and float64): only a max-shifted softmax survives
+    logits[-1, -1] = -1e4
+    (k_p,), _ = both("softmax", logits, np.zeros((batch, classes), np.float32), outputs=[1])[0]
+    (r_p,), _ = both("softmax", logits, np.zeros((batch, classes), np.float32), outputs=[1])[1]
+    assert np.isfinite(k_p).all() and (k_p >= 0).all()
+    close(k_p, r_p, rtol=1e-6)
+    np.testing.assert_allclose(k_p.sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(k_p[0, 0], 1.0, rtol=1e-6)   # 1e4 dwarfs the other logits of row 0
+    expected = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(k_p, expected / expected.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_in_place_and_shift_invariant():
+    rng = np.random.default_rng(4)
+    logits = randn(rng, 7, 10)
+    probs = np.zeros_like(logits)
+    K.softmax(logits, probs)
+    shifted = np.zeros_like(logits)
+    K.softmax(logits + np.float32(1e3), shifted)   # softmax(z + k) == softmax(z)
+    np.testing.assert_allclose(shifted, probs, rtol=1e-3, atol=1e-7)  # 1e3 + z keeps ~4 digits of z
+    in_place = logits.copy()
+    K.softmax(in_place, in_place)
+    # not bit-equal: with aliased rows LLVM takes its scalar loop, which sums z in another order
+    np.testing.assert_allclose(in_place, probs, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("classes", [1, 2, 10, 33])
+def test_softmax_agrees_with_softmax_xent_grad(batch, classes):
+    """Without smoothing, dlogits * B + onehot(label) is the softmax, and row_loss = -log p[label]."""
+    rng = np.random.default_rng(batch + 3 * classes)
+    logits = randn(rng, batch, classes) * np.float32(5)
+    labels = rng.integers(0, classes, batch).astype(np.int64)
+    probs, d, loss = np.zeros_like(logits), np.zeros_like(logits), np.zeros(batch, np.float32)
+    K.softmax(logits, probs)
+    K.softmax_xent_grad(logits, labels, 0.0, d, loss)
+    rows = np.arange(batch)
+    from_grad = d * np.float32(batch)
+    from_grad[rows, labels] += 1
+    np.testing.assert_allclose(probs, from_grad, atol=1e-5)
+    np.testing.assert_allclose(probs[rows, labels], np.exp(-loss), rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
 def test_count_correct(batch):
     rng = np.random.default_rng(batch)
     logits = randn(rng, batch, 10)
@@ -172,6 +240,20 @@ def test_gather_batch(batch):
     x = rng.integers(0, 256, (300, 3072), dtype=np.uint8)
     idx = rng.integers(0, 300, batch).astype(np.int64)
     out_k, out_r = np.zeros((batch, 3072), np.uint8), np.zeros((batch, 3072), np.uint8)
+    K.gather_batch(x, idx, out_k)
+    R.gather_batch(x, idx, out_r)
+    np.testing.assert_array_equal(out_k, x[idx])
+    np.testing.assert_array_equal(out_r, x[idx])
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("d", [1, 33, 3072])
+def test_gather_batch_float32(batch, d):
+    """Tabular data: float32 features are gathered bit for bit, like uint8 pixels."""
+    rng = np.random.default_rng(batch + d)
+    x = randn(rng, 300, d)
+    idx = rng.integers(0, 300, batch).astype(np.int64)
+    out_k, out_r = np.zeros((batch, d), np.float32), np.zeros((batch, d), np.float32)
     K.gather_batch(x, idx, out_k)
     R.gather_batch(x, idx, out_r)
     np.testing.assert_array_equal(out_k, x[idx])
@@ -245,8 +327,11 @@ def augment_inputs(rng, batch, pad):
     return x, idx, sy, sx, flip
 
 
-def images(a):
-    return a.reshape(len(a), 3, 32, 32)
+CIFAR = (3, 32, 32)   # channels, height, width
+
+
+def images(a, shape=CIFAR):
+    return a.reshape(len(a), *shape)
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -258,7 +343,7 @@ def test_gather_augment_matches_reference(batch, pad_mode, pad):
     outs = []
     for impl in (K, R):
         out = np.zeros((batch, 3072), np.uint8)
-        impl.gather_augment(x, idx, sy, sx, flip, pad_mode, out)
+        impl.gather_augment(x, idx, sy, sx, flip, pad_mode, *CIFAR, out)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
 
@@ -268,12 +353,13 @@ def test_gather_augment_identity_and_flip_twice():
     x, idx, _, _, _ = augment_inputs(rng, 7, 0)
     zero = np.zeros(7, np.int64)
     out = np.zeros((7, 3072), np.uint8)
-    K.gather_augment(x, idx, zero, zero, np.zeros(7, bool), K.PAD_ZERO, out)
+    K.gather_augment(x, idx, zero, zero, np.zeros(7, bool), K.PAD_ZERO, *CIFAR, out)
     np.testing.assert_array_equal(out, x[idx])
-    K.gather_augment(x, idx, zero, zero, np.ones(7, bool), K.PAD_REFLECT, out)
+    K.gather_augment(x, idx, zero, zero, np.ones(7, bool), K.PAD_REFLECT, *CIFAR, out)
     np.testing.assert_array_equal(images(out), images(x[idx])[:, :, :, ::-1])
     twice = np.zeros_like(out)
-    K.gather_augment(out, np.arange(7, dtype=np.int64), zero, zero, np.ones(7, bool), K.PAD_ZERO, twice)
+    K.gather_augment(out, np.arange(7, dtype=np.int64), zero, zero, np.ones(7, bool), K.PAD_ZERO, *CIFAR,
+                     twice)
     np.testing.assert_array_equal(twice, x[idx])
 
 
@@ -283,7 +369,7 @@ def test_gather_augment_zero_pad_shifts_content_and_fills_zeros():
     idx = np.array([0, 1, 2], np.int64)
     sy, sx = np.array([2, -3, 0], np.int64), np.array([-1, 0, 4], np.int64)
     out = np.zeros((3, 3072), np.uint8)
-    K.gather_augment(x, idx, sy, sx, np.zeros(3, bool), K.PAD_ZERO, out)
+    K.gather_augment(x, idx, sy, sx, np.zeros(3, bool), K.PAD_ZERO, *CIFAR, out)
     src, got = images(x), images(out)
     np.testing.assert_array_equal(got[0, :, :30, 1:], src[0, :, 2:, :31])
     assert not got[0, :, 30:].any() and not got[0, :, :, :1].any()
@@ -301,5 +387,98 @@ def test_gather_augment_reflect_matches_np_pad():
     for dy in range(-4, 5):
         for dx in (-4, -1, 3):
             K.gather_augment(x, np.zeros(1, np.int64), np.array([dy]), np.array([dx]), np.zeros(1, bool),
-                             K.PAD_REFLECT, out)
+                             K.PAD_REFLECT, *CIFAR, out)
             np.testing.assert_array_equal(images(out)[0], padded[:, 4 + dy:36 + dy, 4 + dx:36 + dx])
+
+
+AUG_SHAPES = [(1, 28, 28), (3, 32, 32), (3, 48, 64), (2, 5, 7), (4, 9, 3)]   # channels, height, width
+
+
+def shape_inputs(rng, shape, dtype, batch, pad_y, pad_x):
+    """Images of `shape` (distinct values, so a misplaced pixel shows), indices, shifts up to the pads
+    and flips that cover both cases."""
+    d = int(np.prod(shape))
+    if dtype == np.uint8:
+        x = rng.integers(0, 256, (20, d), dtype=np.uint8)
+    else:
+        x = randn(rng, 20, d)
+    idx = rng.integers(0, 20, batch).astype(np.int64)
+    sy = rng.integers(-pad_y, pad_y + 1, batch).astype(np.int64)
+    sx = rng.integers(-pad_x, pad_x + 1, batch).astype(np.int64)
+    sy[0], sx[0] = pad_y, -pad_x      # the extremes are always in the batch
+    sy[-1], sx[-1] = -pad_y, pad_x
+    flip = np.arange(batch) % 2 == 1
+    return x, idx, sy, sx, flip
+
+
+@pytest.mark.parametrize("shape", AUG_SHAPES)
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("pad_mode", [K.PAD_ZERO, K.PAD_REFLECT])
+@pytest.mark.parametrize("pad", [1, 4, 100])   # 100: as far as the mode allows (past the image if zero)
+def test_gather_augment_shapes_match_reference(shape, dtype, pad_mode, pad):
+    _, h, w = shape
+    if pad_mode == K.PAD_REFLECT:
+        pad_y, pad_x = min(pad, h - 1), min(pad, w - 1)
+    else:
+        pad_y, pad_x = min(pad, h + 1), min(pad, w + 1)
+    rng = np.random.default_rng(h * w + pad)
+    x, idx, sy, sx, flip = shape_inputs(rng, shape, dtype, 9, pad_y, pad_x)
+    outs = []
+    for impl in (K, R):
+        out = np.full((9, x.shape[1]), 7, dtype)   # 7: a pixel left unwritten shows
+        impl.gather_augment(x, idx, sy, sx, flip, pad_mode, *shape, out)
+        outs.append(out)
+    assert outs[0].dtype == dtype
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_gather_augment_non_square_zero_pad_and_flip(dtype):
+    shape = (2, 5, 7)
+    rng = np.random.default_rng(5)
+    x = (rng.integers(1, 256, (2, 70)) if dtype == np.uint8 else rng.uniform(1, 2, (2, 70))).astype(dtype)
+    idx = np.array([0, 1, 0, 1], np.int64)      # no zero pixels in the source
+    sy, sx = np.array([2, -1, 0, 6], np.int64), np.array([-3, 4, 8, 0], np.int64)
+    flip = np.array([False, True, False, False])
+    out = np.zeros((4, 70), dtype)
+    K.gather_augment(x, idx, sy, sx, flip, K.PAD_ZERO, *shape, out)
+    src, got = images(x, shape), images(out, shape)
+    np.testing.assert_array_equal(got[0, :, :3, 3:], src[0, :, 2:, :4])
+    assert not got[0, :, 3:].any() and not got[0, :, :, :3].any()
+    shifted = np.zeros_like(src[1])
+    shifted[:, 1:, :3] = src[1, :, :4, 4:]
+    np.testing.assert_array_equal(got[1], shifted[:, :, ::-1])
+    assert not got[2].any() and not got[3].any()     # shifted right off the image / down off it
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_gather_augment_non_square_reflect_matches_np_pad(dtype):
+    shape = (2, 5, 7)
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, (1, 70)).astype(dtype)
+    padded = np.pad(images(x, shape)[0], ((0, 0), (4, 4), (6, 6)), mode="reflect")
+    out = np.zeros((1, 70), dtype)
+    for dy in range(-4, 5):
+        for dx in range(-6, 7):
+            for flip in (False, True):
+                K.gather_augment(x, np.zeros(1, np.int64), np.array([dy]), np.array([dx]), np.array([flip]),
+                                 K.PAD_REFLECT, *shape, out)
+                crop = padded[:, 4 + dy:9 + dy, 6 + dx:13 + dx]
+                np.testing.assert_array_equal(images(out, shape)[0], crop[:, :, ::-1] if flip else crop)
+
+
+@pytest.mark.parametrize("impl", [K, R], ids=["kernels", "reference"])
+def test_gather_augment_rejects_bad_shapes_and_reflect_shifts(impl):
+    x, idx, one = np.zeros((2, 70), np.uint8), np.zeros(1, np.int64), np.ones(1, np.int64)
+    out = np.zeros((1, 70), np.uint8)
+    no_flip = np.zeros(1, bool)
+    with pytest.raises(ValueError, match="channels"):
+        impl.gather_augment(x, idx, idx, idx, no_flip, K.PAD_ZERO, 3, 5, 7, out)     # 105 != 70
+    with pytest.raises(ValueError, match="channels"):
+        impl.gather_augment(x, idx, idx, idx, no_flip, K.PAD_ZERO, 2, 5, 7, np.zeros((2, 70), np.uint8))
+    with pytest.raises(ValueError, match="reflect"):
+        impl.gather_augment(x, idx, 5 * one, idx, no_flip, K.PAD_REFLECT, 2, 5, 7, out)   # |shift_y| == height
+    with pytest.raises(ValueError, match="reflect"):
+        impl.gather_augment(x, idx, idx, -7 * one, no_flip, K.PAD_REFLECT, 2, 5, 7, out)  # |shift_x| == width
+    impl.gather_augment(x, idx, 5 * one, -7 * one, no_flip, K.PAD_ZERO, 2, 5, 7, out)     # zero pad: any shift
+    assert not out.any()

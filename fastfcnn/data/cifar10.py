@@ -1,4 +1,4 @@
-"""CIFAR-10 loading (official python layout), validation split and per-channel statistics.
+"""CIFAR-10 in the official python layout: find, download (MD5-checked), extract, validate.
 
 Images stay uint8 end to end: the whole dataset takes about 180 MB as bytes and is never
 copied to float here.
@@ -15,7 +15,6 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.error import URLError
 from typing import BinaryIO
@@ -25,7 +24,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from fastfcnn.errors import UserError
+from ..errors import UserError
+from .dataset import Dataset
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -33,7 +33,8 @@ ARCHIVE_NAME = "cifar-10-python.tar.gz"
 FOLDER_NAME = "cifar-10-batches-py"
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-N_FEATURES = 3072  # 3 channels x 32 x 32, channel-major (R plane, G plane, B plane)
+IMAGE_SHAPE = (3, 32, 32)  # channel-planar: the R plane, then G, then B
+N_FEATURES = 3072
 DOWNLOAD_TIMEOUT = 30.0  # seconds, per blocking network operation
 
 _TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -41,31 +42,6 @@ _TEST_FILE = "test_batch"
 _META_FILE = "batches.meta"  # optional: default class names are used without it
 _FILES = (*_TRAIN_FILES, _TEST_FILE, _META_FILE)
 _HINT = "put the official archive there or pass --data-dir"
-
-
-@dataclass
-class CIFAR10:
-    """CIFAR-10 as flat uint8 images and int64 labels (all arrays C-contiguous).
-
-    Attributes
-    ----------
-    x_train : np.ndarray
-        (N, 3072) uint8 training images, the five training batches in order.
-    y_train : np.ndarray
-        (N,) int64 labels in 0..9.
-    x_test : np.ndarray
-        (M, 3072) uint8 test images.
-    y_test : np.ndarray
-        (M,) int64 labels in 0..9.
-    class_names : list of str
-        The 10 class names, indexed by label.
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    class_names: list[str]
 
 
 def default_data_dir() -> Path:
@@ -81,7 +57,7 @@ def resolve_data_dir(data_dir: Path | str | None) -> Path:
     return default_data_dir() if data_dir is None else Path(data_dir).expanduser()
 
 
-def load_cifar10(data_dir: Path | str | None = None, download: bool = True) -> CIFAR10:
+def load_cifar10(data_dir: Path | str | None = None, download: bool = True) -> Dataset:
     """Load CIFAR-10 from `data_dir`, downloading the official archive if needed.
 
     Looks for ``DIR/cifar-10-batches-py/`` first, then ``DIR/cifar-10-python.tar.gz``
@@ -97,8 +73,8 @@ def load_cifar10(data_dir: Path | str | None = None, download: bool = True) -> C
 
     Returns
     -------
-    CIFAR10
-        The validated dataset.
+    Dataset
+        The validated dataset: (N, 3072) uint8 channel-planar images of shape (3, 32, 32).
 
     Raises
     ------
@@ -114,82 +90,6 @@ def load_cifar10(data_dir: Path | str | None = None, download: bool = True) -> C
             raise UserError(f"{_not_found(root)} and downloading is disabled; {_HINT}")
         _download(archive)
     return _load_archive(archive)
-
-
-def stratified_split(y: np.ndarray, val_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Split row indices into train and validation sets with the class proportions of `y`.
-
-    Each class gets ``count * val_size / len(y)`` validation rows, rounded by the largest
-    remainder method (ties go to the smaller label) so the total is exactly `val_size`.
-
-    Parameters
-    ----------
-    y : np.ndarray
-        (N,) integer labels.
-    val_size : int
-        Number of validation rows, 0 <= val_size < N.
-    rng : np.random.Generator
-        The only source of randomness (which rows of each class go to validation).
-
-    Returns
-    -------
-    train_idx, val_idx : np.ndarray
-        Sorted, disjoint int64 index arrays that together cover ``range(N)``.
-    """
-    y = np.asarray(y)
-    n = len(y)
-    if not 0 <= val_size < n:
-        raise UserError(
-            f"validation size must be between 0 and {n - 1} (the training set has {n} rows), got {val_size}"
-        )
-    _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
-    quota, remainder = np.divmod(counts * val_size, n)  # exact integer arithmetic
-    short = val_size - quota.sum()
-    quota[np.argsort(-remainder, kind="stable")[:short]] += 1
-    chosen = [rng.choice(np.flatnonzero(inverse == k), size=q, replace=False) for k, q in enumerate(quota)]
-    val_idx = np.sort(np.concatenate(chosen)).astype(np.int64)
-    is_train = np.ones(n, dtype=bool)
-    is_train[val_idx] = False
-    return np.flatnonzero(is_train).astype(np.int64), val_idx
-
-
-def channel_stats(
-    x: np.ndarray, idx: np.ndarray | None = None, chunk_rows: int = 1024
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and (population) std of flat uint8 images, in [0, 255] units.
-
-    Sums and sums of squares are accumulated exactly in uint64, `chunk_rows` rows at a time
-    (the largest temporary is a uint16 chunk), and turned into float64 statistics at the end.
-
-    Parameters
-    ----------
-    x : np.ndarray
-        (N, 3072) uint8 images; columns 0:1024, 1024:2048, 2048:3072 are R, G, B.
-    idx : np.ndarray, optional
-        Row indices to use (e.g. the training split); all rows when None.
-    chunk_rows : int
-        Rows processed per step.
-
-    Returns
-    -------
-    mean, std : np.ndarray
-        float32 arrays of shape (3,).
-    """
-    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != N_FEATURES:
-        raise ValueError(f"expected (N, {N_FEATURES}) uint8 images, got {x.shape} {x.dtype}")
-    rows = np.arange(len(x)) if idx is None else np.asarray(idx)
-    if rows.size == 0:
-        raise ValueError("cannot compute channel statistics of zero images")
-    total = np.zeros(3, dtype=np.uint64)
-    total_sq = np.zeros(3, dtype=np.uint64)
-    for start in range(0, rows.size, chunk_rows):
-        block = x[rows[start : start + chunk_rows]].reshape(-1, 3, N_FEATURES // 3).astype(np.uint16)
-        total += block.sum(axis=(0, 2), dtype=np.uint64)
-        total_sq += np.square(block, out=block).sum(axis=(0, 2), dtype=np.uint64)  # 255**2 fits in uint16
-    count = rows.size * (N_FEATURES // 3)
-    mean = total / count
-    var = np.maximum(total_sq / count - mean**2, 0.0)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
 
 
 def _not_found(root: Path) -> str:
@@ -230,7 +130,7 @@ def _download(archive: Path) -> None:
         tmp.unlink(missing_ok=True)  # only left on failure or interruption
 
 
-def _load_archive(archive: Path) -> CIFAR10:
+def _load_archive(archive: Path) -> Dataset:
     """Load from the archive, leaving ``cifar-10-batches-py/`` next to it when the directory is writable."""
     root = archive.parent
 
@@ -285,7 +185,7 @@ def _folder_files(folder: Path) -> Iterator[tuple[str, BinaryIO]]:
             yield name, f
 
 
-def _assemble(files: Iterable[tuple[str, bytes | BinaryIO]], location: Callable[[str], str]) -> CIFAR10:
+def _assemble(files: Iterable[tuple[str, bytes | BinaryIO]], location: Callable[[str], str]) -> Dataset:
     """Validate the raw files and build the dataset; `location` names a file in error messages.
 
     Each training batch is copied into its slot of one preallocated array as soon as it is read
@@ -325,13 +225,7 @@ def _assemble(files: Iterable[tuple[str, bytes | BinaryIO]], location: Callable[
         slots = {n: x_train[k * rows : (k + 1) * rows] for k, n in enumerate(_TRAIN_FILES) if n in placed}
         x_train = np.concatenate([slots[n] if n in placed else loose[n][0] for n in _TRAIN_FILES])
     y_train = np.concatenate([placed[n] if n in placed else loose[n][1] for n in _TRAIN_FILES])
-    return CIFAR10(
-        x_train=x_train,
-        y_train=y_train,
-        x_test=test[0],
-        y_test=test[1],
-        class_names=class_names,
-    )
+    return Dataset(x_train, y_train, test[0], test[1], class_names, IMAGE_SHAPE)
 
 
 def _unpickle(raw: bytes | BinaryIO, where: str) -> dict:

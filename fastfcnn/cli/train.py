@@ -1,0 +1,77 @@
+"""`fastfcnn train`: options in, `fit` called, progress printed."""
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import app, out, say, user_errors
+from .options import (DataDirOption, DataOption, DownloadOption, ImageSizeOption, ThreadsOption, config_options,
+                      load)
+
+
+def _help() -> str:
+    from ..presets import describe
+    return ("Train a fully connected net and save model.npz and metrics.json (and best.npz with --patience).\n\n"
+            "Options come from, in rising priority: the defaults, --preset, --config, and the options given.\n\n"
+            "Presets (--preset NAME):\n\n" + "\n\n".join(describe().splitlines()))
+
+
+@app.command(help=_help())
+@user_errors
+@config_options
+def train(
+    options: dict,
+    preset: Optional[str] = typer.Option(None, help="A named recipe (seed, wide; see above)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A JSON file of options, e.g. a run's "
+                                          "metrics.json, to repeat that run."),
+    data: Optional[Path] = DataOption,
+    data_dir: Optional[Path] = DataDirOption,
+    image_size: Optional[str] = ImageSizeOption,
+    download: bool = DownloadOption,
+    threads: Optional[int] = ThreadsOption,
+    out_dir: Path = typer.Option(Path("runs/latest"), "--out", help="Run directory for model.npz and metrics.json."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final result."),
+):
+    from ..config import read_config_file, resolve
+    from ..fit import check_out_dir, fit
+
+    cfg = resolve(preset, read_config_file(config) if config else None, options)
+    check_out_dir(out_dir)
+    dataset = load(data, data_dir, download, image_size)
+    cfg.check_data(dataset)
+
+    progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=out, transient=True, disable=quiet)
+    task = progress.add_task("train", total=1, epoch=1)
+
+    def on_step(done, total):
+        progress.update(task, completed=done, total=total)
+
+    def on_epoch(r):
+        val = "" if r["val_accuracy"] is None else f"  val loss {r['val_loss']:.4f}  val acc {100 * r['val_accuracy']:5.2f}%"
+        if not quiet:
+            say(f"epoch {r['epoch']:3d}/{cfg.epochs}  train loss {r['train_loss']:.4f}  "
+                f"train acc {100 * r['train_accuracy']:5.2f}%{val}  {r['seconds']:.2f} s")
+        progress.reset(task, epoch=r["epoch"] + 1)
+
+    with progress:
+        result = fit(cfg, dataset, out_dir=out_dir, threads=threads, on_epoch=on_epoch, on_step=on_step,
+                     preset=preset)
+    m = result.metrics
+    final, saved = m["final"], out_dir / "model.npz"
+    if final["test_accuracy"] is None:
+        say(f"no test set; trained in {m['train_seconds']:.1f} s; saved {saved}")
+    else:
+        unit = "images" if m["data"]["kind"] == "image" else "rows"
+        tta = "" if final["test_accuracy_flip_tta"] is None else \
+            f"; {100 * final['test_accuracy_flip_tta']:.2f}% with flip TTA"
+        say(f"test accuracy {100 * final['test_accuracy']:.2f}% ({m['n_test']} {unit}{tta}), "
+            f"trained in {m['train_seconds']:.1f} s; saved {saved}")
+    if "best" in m:
+        best = m["best"]
+        tta = "" if best["test_accuracy_flip_tta"] is None else \
+            f" ({100 * best['test_accuracy_flip_tta']:.2f}% with flip TTA)"
+        test = "" if best["test_accuracy"] is None else f": test accuracy {100 * best['test_accuracy']:.2f}%{tta}"
+        say(f"best validation accuracy {100 * best['val_accuracy']:.2f}% at epoch {best['epoch']}{test}; "
+            f"saved {out_dir / 'best.npz'}")
