@@ -17,7 +17,7 @@ from .config import TrainConfig
 from .data import Dataset
 from .engine import set_threads, versions
 from .errors import UserError
-from .files import save_json
+from .files import save_json, save_npz
 from .model import Model, save_model
 from .train import Trainer
 
@@ -48,8 +48,9 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
     data : Dataset
         Training rows (a validation split is held out of them) and, when present, the test set.
     out_dir : path, optional
-        Run directory: model.npz, metrics.json and, with early stopping, best.npz are written
-        there (each to a temporary name, then renamed).
+        Run directory: model.npz, metrics.json, predictions.npz (the final model's test-set
+        predictions) and, with early stopping, best.npz are written there (each to a temporary
+        name, then renamed).
     threads : int, optional
         Kernel threads; None uses every core.
     on_epoch, on_step : callables, optional
@@ -68,6 +69,7 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
     flip_tta = config.flip and data.image_shape is not None
     final = {"model": "model.npz", "epoch": len(history), "val_accuracy": history[-1]["val_accuracy"]}
     final |= test_metrics(trainer.E, trainer.model, data, flip_tta)
+    predictions = test_predictions(trainer.E, trainer.model, data)
     metrics = {
         "config": trainer.model.config, "preset": preset, "data": describe_data(data), "history": history,
         "test_loss": final["test_loss"], "test_accuracy": final["test_accuracy"],
@@ -75,6 +77,9 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
         "n_train": len(trainer.train_idx), "n_val": len(trainer.val_idx),
         "n_test": 0 if data.y_test is None else len(data.y_test), "final": final,
     }
+    if predictions is not None:
+        metrics["confusion_matrix"] = confusion_matrix(predictions["y_true"], predictions["y_pred"],
+                                                       len(data.class_names)).tolist()
     best = None
     if config.patience:
         best = trainer.best_model()
@@ -86,6 +91,8 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
         save_model(out_dir / "model.npz", trainer.model)
         if best is not None:
             save_model(out_dir / "best.npz", best)
+        if predictions is not None:
+            save_npz(out_dir / "predictions.npz", predictions)
         save_json(out_dir / "metrics.json", metrics)
     return RunResult(trainer.model, history, metrics, best, out_dir)
 
@@ -98,6 +105,21 @@ def test_metrics(E, model: Model, data: Dataset, flip_tta: bool) -> dict:
     loss, acc = network.evaluate(E, model, data.x_test, data.y_test)
     tta = network.evaluate(E, model, data.x_test, data.y_test, flip_tta=True)[1] if flip_tta else None
     return {"test_accuracy": acc, "test_loss": loss, "test_accuracy_flip_tta": tta}
+
+
+def test_predictions(E, model: Model, data: Dataset) -> dict | None:
+    """The final model's test-set predictions, stored with the run (predictions.npz) so reports
+    need no data: y_true, y_pred (int64) and probs (N, classes) float32; None without a test set."""
+    if data.y_test is None or len(data.y_test) == 0:
+        return None
+    probs = network.predict_proba(E, model, data.x_test)
+    return {"y_true": np.asarray(data.y_test, np.int64), "y_pred": probs.argmax(axis=1).astype(np.int64),
+            "probs": probs}
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) int64 counts: row = true class, column = predicted class."""
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def describe_data(data: Dataset) -> dict:

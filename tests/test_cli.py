@@ -40,7 +40,7 @@ def test_train_then_evaluate_reproduces_test_accuracy(tmp_path, synthetic, layou
     out = tmp_path / "run"
     result = run("train", "--data-dir", root, "--out", out, *TRAIN)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.npz", "predictions.npz"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.9
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4]
@@ -230,7 +230,7 @@ def test_patience_writes_best_model(tmp_path, data_dir):
                  "--batch-size", "32", "--val-size", "60", "--patience", "2", "--lr-schedule", "constant",
                  "--quiet")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "metrics.json", "model.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "metrics.json", "model.npz", "predictions.npz"]
     metrics = metrics_of(out)
     accs = [r["val_accuracy"] for r in metrics["history"]]
     assert metrics["best_epoch"] == metrics["best"]["epoch"] == 1 + accs.index(max(accs))
