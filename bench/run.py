@@ -114,6 +114,19 @@ def bench_net(net: str, data, engines, repeats: int, quick: bool, threads: int, 
         r["epoch_seconds_median"] = _median(ts)
         r["epoch_seconds_per_50k"] = _median(ts) * common.N_TRAIN / n
         r["epoch_gflops"] = result["epoch_gflop"] / _median(ts)
+
+    log(f"[{net}] predict")
+    from fastfcnn import network
+    x_test = data.x_test
+    for t in trainers.values():                  # warm-up (compiles the softmax kernel)
+        network.predict_proba(t.E, t.model, x_test[:300])
+    ptimes = {e: [] for e in trainers}
+    for _ in range(repeats):
+        for e, t in trainers.items():
+            time.sleep(SETTLE_SECONDS)
+            ptimes[e].append(_timed(network.predict_proba, t.E, t.model, x_test))
+    for e, ts in ptimes.items():
+        result["engines"][e]["predict_seconds_per_10k"] = _median(ts) * 10_000 / len(x_test)
     med = {e: result["engines"][e]["epoch_seconds_median"] for e in times}
     result["speedup"] = {f"numba_vs_{e}": med[e] / med["numba"] for e in med if e != "numba" and "numba" in med}
     return result
@@ -232,7 +245,7 @@ def run(nets, threads: int, data_dir: Path | None, quick: bool, repeats: int | N
             data.x_train, data.y_train = data.x_train[:n_train], data.y_train[:n_train]
         source = str(data_dir)
     else:
-        data = common.synthetic_cifar(n_train)
+        data = common.synthetic_cifar(n_train, n_test=1_000 if quick else 10_000)
         source = "synthetic"
     from fastfcnn.engine import versions
     from . import torch_epoch
@@ -265,6 +278,9 @@ def render(report: dict, console) -> None:
         t.add_row("epoch s (50k images, median)", *[f"{per50k[e]:.3f}" for e in engines], "")
         t.add_row("epoch GFLOP/s", *[f"{r['engines'][e]['epoch_gflops']:.0f}" for e in engines], "")
         t.add_row("speed-up of numba", *[f"{per50k[e] / per50k['numba']:.2f}x" for e in engines], "")
+        t.add_row("predict s (10k images, median)", *[f"{r['engines'][e]['predict_seconds_per_10k']:.3f}"
+                                                       if "predict_seconds_per_10k" in r["engines"][e] else ""
+                                                       for e in engines], "")
         phase_names = list(r["engines"]["numba"]["phases_ms"])
         for name in phase_names:
             t.add_row(f"  {name} ms", *[f"{r['engines'][e]['phases_ms'][name]:.3f}"

@@ -31,6 +31,7 @@ def test_bench_quick_json(tmp_path):
             assert any(p.startswith("forward[0]") for p in phases) and any(p.startswith("backward[0]") for p in phases)
             assert all(positive(t) for t in phases.values())
             assert positive(e["matmul_gflops"]) and 0 < e["matmul_pct_of_sgemm"] < 1000
+            assert positive(e["predict_seconds_per_10k"])
         assert positive(net["speedup"]["numba_vs_numpy"])
         if "torch" in net["engines"]:
             assert positive(net["engines"]["torch"]["epoch_seconds_median"])
