@@ -19,6 +19,33 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a power cut after os.replace could otherwise lose it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return                      # e.g. a platform without directory file descriptors
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list:
+    """Delete the temporary files that a killed _atomic write left in `folder`; returns their names."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp.name)
+        except OSError:
+            pass
+    return removed
 
 
 def save_npz(path: Path, arrays: dict) -> None:

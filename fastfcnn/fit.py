@@ -6,20 +6,24 @@ directory when given one. The CLI, the scikit-learn estimator and the tuner all 
 """
 from __future__ import annotations
 
-import time
+import shlex
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import network
-from .config import TrainConfig
+from .checkpoint import CHECKPOINT, RESUMABLE_CHANGES, config_differences, data_fingerprint, load_checkpoint, \
+    restore, save_checkpoint
+from .config import TrainConfig, flag, show
 from .data import Dataset
 from .engine import set_threads, versions
 from .errors import UserError
-from .files import save_json, save_npz
+from .files import remove_stale_temporaries, save_json, save_npz
 from .model import Model, save_model
-from .train import Trainer
+from .train import Diverged, Interrupted, Trainer
 
 
 @dataclass
@@ -37,8 +41,50 @@ class RunResult:
         return self.metrics["test_accuracy"]
 
 
+RUN_FILES = ("model.npz", "best.npz", "checkpoint.npz", "metrics.json", "predictions.npz")
+
+
+class RunInterrupted(Exception):
+    """A signal stopped the run; its checkpoint is saved. exit_code: 130 for SIGINT, 143 for SIGTERM."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopOnSignal:
+    """While active, SIGINT and SIGTERM only ask the run to stop at the next step boundary.
+
+    A second signal while the checkpoint is written is recorded the same way, so it can never
+    leave a half-written file in place of a good one. Outside the main thread it does nothing.
+    """
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is None:
+            self.signal = signum
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
 def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, threads: int | None = None,
-        on_epoch=None, on_step=None, preset: str | None = None) -> RunResult:
+        on_epoch=None, on_step=None, preset: str | None = None, resume: bool = False, force: bool = False,
+        data_source: dict | None = None, on_resume=None) -> RunResult:
     """Train a net as `config` describes on `data`.
 
     Parameters
@@ -48,53 +94,186 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
     data : Dataset
         Training rows (a validation split is held out of them) and, when present, the test set.
     out_dir : path, optional
-        Run directory: model.npz, metrics.json, predictions.npz (the final model's test-set
-        predictions) and, with early stopping, best.npz are written there (each to a temporary
-        name, then renamed).
+        Run directory. After every epoch it gets checkpoint.npz (everything needed to continue)
+        and metrics.json (the history so far); at the end model.npz, predictions.npz (the final
+        model's test-set predictions), the final metrics.json and, with early stopping, best.npz.
+        Every file is written to a temporary name, fsynced and renamed.
     threads : int, optional
         Kernel threads; None uses every core.
     on_epoch, on_step : callables, optional
         Progress callbacks: on_epoch(record) after each epoch, on_step(done, total) after each step.
     preset : str, optional
         Recorded in metrics.json when the options came from a preset.
+    resume : bool
+        Continue the run whose checkpoint is in out_dir. The data must be the same, and so must
+        every option except epochs (raising it stretches the learning-rate schedule from here).
+    force : bool
+        Start afresh in an out_dir that holds another run, deleting that run's files.
+    data_source : dict, optional
+        How the caller loaded the data (kept in the checkpoint, so a resume can load it again).
+    on_resume : callable, optional
+        on_resume(epoch, pos, notes) once the checkpoint is restored (notes: list of str).
+
+    Raises
+    ------
+    RunInterrupted
+        SIGINT or SIGTERM arrived; the checkpoint holds the run up to the last finished step.
+    UserError
+        Bad options or data, a run directory that cannot be used, a failed write, divergence.
     """
     out_dir = None if out_dir is None else Path(out_dir)
+    ckpt = None
     if out_dir is not None:
         check_out_dir(out_dir)
+        if resume:
+            ckpt = load_checkpoint(out_dir / CHECKPOINT)
+        else:
+            claim_run_dir(out_dir, force)
+    elif resume:
+        raise UserError("resuming needs the run directory")
     n_threads = set_threads(threads, config.engine)
     trainer = Trainer(config, data, on_epoch=on_epoch, on_step=on_step)
-    started = time.perf_counter()
-    history = trainer.run()
-    train_seconds = time.perf_counter() - started
+    if ckpt is not None:
+        notes = check_resumable(ckpt["state"], config, data, n_threads, out_dir)
+        restore(trainer, ckpt, out_dir / CHECKPOINT)
+        if on_resume:
+            on_resume(trainer.epoch, trainer.pos, notes)
+    extra = {"data_source": data_source, "threads": n_threads, "preset": preset}
+    base = {"status": "running", "config": trainer.model.config, "preset": preset, "data": describe_data(data),
+            "data_source": data_source, "threads": n_threads, "versions": versions(config.engine),
+            "n_train": len(trainer.train_idx), "n_val": len(trainer.val_idx),
+            "n_test": 0 if data.y_test is None else len(data.y_test)}
+
+    def save_progress(status: str) -> None:
+        if out_dir is None:
+            return
+        make_out_dir(out_dir)
+        write(out_dir / CHECKPOINT, lambda p: save_checkpoint(p, trainer, extra), out_dir, trainer)
+        write(out_dir / "metrics.json", lambda p: save_json(p, base | {"status": status, "history": trainer.history}),
+              out_dir, trainer)
+
+    with StopOnSignal() as stop:
+        trainer.should_stop = stop.requested
+        try:
+            while trainer.epoch < config.epochs and not trainer.stopped:
+                trainer.run_epoch()
+                save_progress("running")
+                if stop.requested():
+                    raise Interrupted(trainer.epoch + 1, 0)
+        except Interrupted as e:
+            save_progress("interrupted")
+            raise RunInterrupted(interrupted_message(stop.signal, e, out_dir),
+                                 143 if stop.signal == signal.SIGTERM else 130) from None
+        except Diverged as e:
+            if out_dir is not None:
+                make_out_dir(out_dir)
+                write(out_dir / "metrics.json", lambda p: save_json(p, base | {"status": "diverged", "error": str(e),
+                                                                              "history": trainer.history}),
+                      out_dir, trainer)
+                if (out_dir / CHECKPOINT).exists():
+                    raise Diverged(f"{e}. The last good checkpoint (epoch {trainer.history[-1]['epoch'] if trainer.history else 0}) "
+                                   f"stays in {out_dir / CHECKPOINT}") from None
+            raise
+
+    history = trainer.history
+    train_seconds = sum(r["seconds"] for r in history)
+    best = trainer.best_model() if config.patience else None
+    if out_dir is not None:                         # the weights are safe before any evaluation runs
+        make_out_dir(out_dir)
+        write(out_dir / "model.npz", lambda p: save_model(p, trainer.model), out_dir, trainer)
+        if best is not None:
+            write(out_dir / "best.npz", lambda p: save_model(p, best), out_dir, trainer)
     flip_tta = config.flip and data.image_shape is not None
     final = {"model": "model.npz", "epoch": len(history), "val_accuracy": history[-1]["val_accuracy"]}
     final |= test_metrics(trainer.E, trainer.model, data, flip_tta)
     predictions = test_predictions(trainer.E, trainer.model, data)
-    metrics = {
-        "config": trainer.model.config, "preset": preset, "data": describe_data(data), "history": history,
-        "test_loss": final["test_loss"], "test_accuracy": final["test_accuracy"],
-        "train_seconds": train_seconds, "threads": n_threads, "versions": versions(config.engine),
-        "n_train": len(trainer.train_idx), "n_val": len(trainer.val_idx),
-        "n_test": 0 if data.y_test is None else len(data.y_test), "final": final,
-    }
+    metrics = base | {"status": "finished", "history": history, "test_loss": final["test_loss"],
+                      "test_accuracy": final["test_accuracy"], "train_seconds": train_seconds, "final": final}
     if predictions is not None:
         metrics["confusion_matrix"] = confusion_matrix(predictions["y_true"], predictions["y_pred"],
                                                        len(data.class_names)).tolist()
-    best = None
-    if config.patience:
-        best = trainer.best_model()
+    if best is not None:
         metrics["best_epoch"] = trainer.best_epoch
         metrics["best"] = {"model": "best.npz", "epoch": trainer.best_epoch,
                            "val_accuracy": trainer.best_val_accuracy} | test_metrics(trainer.E, best, data, flip_tta)
     if out_dir is not None:
-        make_out_dir(out_dir)
-        save_model(out_dir / "model.npz", trainer.model)
-        if best is not None:
-            save_model(out_dir / "best.npz", best)
         if predictions is not None:
-            save_npz(out_dir / "predictions.npz", predictions)
-        save_json(out_dir / "metrics.json", metrics)
+            write(out_dir / "predictions.npz", lambda p: save_npz(p, predictions), out_dir, trainer)
+        write(out_dir / "metrics.json", lambda p: save_json(p, metrics), out_dir, trainer)
     return RunResult(trainer.model, history, metrics, best, out_dir)
+
+
+def write(path: Path, save, out_dir: Path, trainer) -> None:
+    """save(path), turning a failed write into one error that says what is still safe."""
+    try:
+        save(path)
+    except OSError as e:
+        ckpt = out_dir / CHECKPOINT
+        if path.name != CHECKPOINT and ckpt.exists():
+            safe = (f"the checkpoint {ckpt} holds the run up to epoch {trainer.epoch}; "
+                    f"`fastfcnn train --resume {out_dir}` continues from it once the problem is fixed")
+        elif ckpt.exists():
+            safe = (f"the previous checkpoint {ckpt} is intact; "
+                    f"`fastfcnn train --resume {out_dir}` continues from it once the problem is fixed")
+        else:
+            safe = "nothing of this run was saved yet"
+        raise UserError(f"cannot write {path}: {e.strerror or e}; {safe}") from None
+
+
+def interrupted_message(signum, e: Interrupted, out_dir: Path | None) -> str:
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    where = f"in epoch {e.epoch} before step {e.step + 1}" if e.step else f"at the start of epoch {e.epoch}"
+    if out_dir is None:
+        return f"{name}: stopped {where}; nothing was written (no run directory)"
+    return (f"{name}: stopped {where}; checkpoint saved. Continue with: "
+            f"fastfcnn train --resume {shlex.quote(str(out_dir))}")
+
+
+def claim_run_dir(out_dir: Path, force: bool) -> None:
+    """Refuse a folder that holds another run, unless force, which deletes that run's files;
+    in any case remove temporary files that a killed save left there."""
+    if not out_dir.is_dir():
+        return
+    remove_stale_temporaries(out_dir)
+    present = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if not present:
+        return
+    if not force:
+        raise UserError(f"{out_dir} already holds a run ({', '.join(present)}); continue it with "
+                        f"--resume {out_dir}, or start over there with --force (deletes those files)")
+    for name in present:
+        (out_dir / name).unlink()
+
+
+def check_resumable(state: dict, config: TrainConfig, data: Dataset, threads: int, out_dir: Path) -> list:
+    """Refuse a resume that would not continue the same computation; return notes for the user."""
+    saved = dict(state["config"])
+    wanted = config.to_dict()
+    differ = [k for k in config_differences(saved, wanted) if k not in RESUMABLE_CHANGES]
+    if differ:
+        shown = ", ".join(f"{flag(k)} {show(saved.get(k))} -> {show(wanted.get(k))}" for k in differ)
+        raise UserError(f"cannot resume {out_dir} with other options ({shown}); only --epochs may change")
+    fp = data_fingerprint(data)
+    if fp != state["data"]:
+        what = [k for k in fp if fp[k] != state["data"].get(k)]
+        raise UserError(f"cannot resume {out_dir} on other data (the {', '.join(what)} differ from the run's)")
+    if state.get("version") != versions()["fastfcnn"]:
+        raise UserError(f"cannot resume {out_dir}: it was written by fastfcnn {state.get('version')}, "
+                        f"this is {versions()['fastfcnn']}")
+    notes = []
+    if state.get("stopped"):
+        raise UserError(f"{out_dir} holds a run that early stopping ended at epoch {state['epoch']}; "
+                        f"there is nothing to continue")
+    if state["epoch"] >= config.epochs and state["pos"] == 0:
+        raise UserError(f"{out_dir} holds a finished run of {state['epoch']} epochs; pass --epochs above "
+                        f"{state['epoch']} to train on")
+    if config.epochs != saved["epochs"]:
+        notes.append(f"--epochs {saved['epochs']} -> {config.epochs}: the learning-rate schedule is stretched "
+                     f"from here")
+    if state.get("threads") not in (None, threads):
+        notes.append(f"the run used {state['threads']} threads and this resume {threads}: the result will not be "
+                     f"bit-identical to an uninterrupted run")
+    return notes
 
 
 def test_metrics(E, model: Model, data: Dataset, flip_tta: bool) -> dict:

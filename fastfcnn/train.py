@@ -193,7 +193,7 @@ class Trainer:
         if record["val_loss"] is not None and not math.isfinite(record["val_loss"]):
             raise Diverged(f"training diverged: the validation loss became {record['val_loss']} after epoch "
                            f"{self.epoch}; try a lower --lr than {self.cfg.lr:g}")
-        self.order = None
+        self.order, self.pos = None, 0
         self.history.append(record)
         if self.cfg.patience and self.early_stop(self.epoch, record["val_accuracy"]):
             self.stopped = True

@@ -40,7 +40,7 @@ def test_train_then_evaluate_reproduces_test_accuracy(tmp_path, synthetic, layou
     out = tmp_path / "run"
     result = run("train", "--data-dir", root, "--out", out, *TRAIN)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.npz", "predictions.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "metrics.json", "model.npz", "predictions.npz"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.9
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4]
@@ -141,12 +141,14 @@ def test_out_dir_not_writable(tmp_path, data_dir):
     assert "cannot write to output directory" in result.output
 
 
-def test_divergence_leaves_nothing(tmp_path, data_dir):
+def test_divergence_writes_no_model_and_says_so(tmp_path, data_dir):
     out = tmp_path / "run"
     result = run("train", "--data-dir", data_dir, "--out", out, "--lr", "1e6", "--warmup-epochs", "0", *TRAIN)
     assert result.exit_code == 1
     assert "diverged" in result.output and "lower --lr" in result.output
-    assert not (out / "model.npz").exists() and not (out / "metrics.json").exists()
+    assert not (out / "model.npz").exists()
+    metrics = metrics_of(out)
+    assert metrics["status"] == "diverged" and "diverged" in metrics["error"]
 
 
 def test_evaluate_shape_mismatch(tmp_path, data_dir):
@@ -230,7 +232,8 @@ def test_patience_writes_best_model(tmp_path, data_dir):
                  "--batch-size", "32", "--val-size", "60", "--patience", "2", "--lr-schedule", "constant",
                  "--quiet")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "metrics.json", "model.npz", "predictions.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "checkpoint.npz", "metrics.json", "model.npz",
+                                                        "predictions.npz"]
     metrics = metrics_of(out)
     accs = [r["val_accuracy"] for r in metrics["history"]]
     assert metrics["best_epoch"] == metrics["best"]["epoch"] == 1 + accs.index(max(accs))

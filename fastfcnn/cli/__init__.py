@@ -32,7 +32,7 @@ def say(text: str) -> None:
     out.print(text, highlight=False, soft_wrap=True, markup=False)
 
 
-from . import bench, evaluate, predict, train  # noqa: E402,F401  (each registers its command on app)
+from . import bench, evaluate, predict, report, train, tune  # noqa: E402,F401  (each registers its command on app)
 
 
 def main():

@@ -5,7 +5,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import app, out, say, user_errors
+from . import app, err, out, say, user_errors
 from .options import (DataDirOption, DataOption, DownloadOption, ImageSizeOption, ThreadsOption, config_options,
                       load)
 
@@ -30,13 +30,39 @@ def train(
     image_size: Optional[str] = ImageSizeOption,
     download: bool = DownloadOption,
     threads: Optional[int] = ThreadsOption,
-    out_dir: Path = typer.Option(Path("runs/latest"), "--out", help="Run directory for model.npz and metrics.json."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (model.npz, metrics.json, "
+                                           "checkpoint.npz). Default: runs/<date>-<time>."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR", help="Continue the run in RUN_DIR "
+                                          "from its checkpoint, on the same data (given again, or as recorded); "
+                                          "only --epochs may change."),
+    force: bool = typer.Option(False, "--force", help="Start afresh in an --out folder that holds another run, "
+                               "deleting that run's files."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final result."),
 ):
+    from ..checkpoint import CHECKPOINT, load_checkpoint
     from ..config import read_config_file, resolve
-    from ..fit import check_out_dir, fit
+    from ..errors import UserError
+    from ..fit import RunInterrupted, check_out_dir, fit
 
-    cfg = resolve(preset, read_config_file(config) if config else None, options)
+    source = {"data": None if data is None else str(data), "data_dir": None if data_dir is None else str(data_dir),
+              "image_size": image_size}
+    if resume is not None:
+        if out_dir is not None and out_dir != resume:
+            raise UserError("--resume names the run directory; leave out --out (or give the same folder)")
+        if preset is not None or config is not None or force:
+            raise UserError("--resume takes the run's own options; --preset, --config and --force do not apply")
+        out_dir = resume
+        state = load_checkpoint(resume / CHECKPOINT)["state"]
+        cfg = resolve(None, state["config"], options)
+        preset = state.get("preset")
+        if data is None and data_dir is None and image_size is None and state.get("data_source"):
+            source = state["data_source"]
+            data = None if source["data"] is None else Path(source["data"])
+            data_dir = None if source["data_dir"] is None else Path(source["data_dir"])
+            image_size = source["image_size"]
+    else:
+        cfg = resolve(preset, read_config_file(config) if config else None, options)
+        out_dir = out_dir or default_run_dir()
     check_out_dir(out_dir)
     dataset = load(data, data_dir, download, image_size)
     cfg.check_data(dataset)
@@ -55,9 +81,20 @@ def train(
                 f"train acc {100 * r['train_accuracy']:5.2f}%{val}  {r['seconds']:.2f} s")
         progress.reset(task, epoch=r["epoch"] + 1)
 
-    with progress:
-        result = fit(cfg, dataset, out_dir=out_dir, threads=threads, on_epoch=on_epoch, on_step=on_step,
-                     preset=preset)
+    def on_resume(epoch, pos, notes):
+        where = f"epoch {epoch + 1}, step {pos + 1}" if pos else f"epoch {epoch + 1}"
+        say(f"resuming {out_dir} at {where}")
+        for note in notes:
+            say(f"note: {note}")
+
+    try:
+        with progress:
+            result = fit(cfg, dataset, out_dir=out_dir, threads=threads, on_epoch=on_epoch, on_step=on_step,
+                         preset=preset, resume=resume is not None, force=force, data_source=source,
+                         on_resume=on_resume)
+    except RunInterrupted as e:
+        err.print(str(e), highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(e.exit_code)
     m = result.metrics
     final, saved = m["final"], out_dir / "model.npz"
     if final["test_accuracy"] is None:
@@ -75,3 +112,15 @@ def train(
         test = "" if best["test_accuracy"] is None else f": test accuracy {100 * best['test_accuracy']:.2f}%{tta}"
         say(f"best validation accuracy {100 * best['val_accuracy']:.2f}% at epoch {best['epoch']}{test}; "
             f"saved {out_dir / 'best.npz'}")
+
+
+def default_run_dir() -> Path:
+    """runs/<date>-<time>, with a suffix if that folder exists: every run gets its own folder."""
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, k = Path("runs") / stamp, 1
+    while path.exists():
+        k += 1
+        path = Path("runs") / f"{stamp}-{k}"
+    return path

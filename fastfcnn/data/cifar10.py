@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import os
 import pickle
 import shutil
@@ -228,12 +229,23 @@ def _assemble(files: Iterable[tuple[str, bytes | BinaryIO]], location: Callable[
     return Dataset(x_train, y_train, test[0], test[1], class_names, IMAGE_SHAPE)
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds only what a CIFAR-10 batch holds (dicts, lists, bytes, str, numbers, NumPy arrays):
+    any other global a pickle names is refused, so a crafted file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds; refused")
+
+
 def _unpickle(raw: bytes | BinaryIO, where: str) -> dict:
     try:
-        if isinstance(raw, bytes):
-            content = pickle.loads(raw, encoding="bytes")
-        else:
-            content = pickle.load(raw, encoding="bytes")
+        source = io.BytesIO(raw) if isinstance(raw, bytes) else raw
+        content = _BatchUnpickler(source, encoding="bytes").load()
     except Exception as exc:  # a damaged pickle can fail in many different ways
         raise UserError(f"{where} is not a readable CIFAR-10 pickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(content, dict):
