@@ -323,3 +323,23 @@ def test_synthetic_data_is_learnable():
     dist = ((x_test[:, None, :].astype(np.float64) - centroids[None]) ** 2).sum(axis=2)
     assert (dist.argmin(axis=1) == y_test).mean() > 0.9
     np.testing.assert_array_equal(make_synthetic(200, 100, seed=3)[0], x_train)
+
+
+def test_leftovers_of_killed_downloads_are_cleaned_up(tmp_path, arrays):
+    import os
+    import time
+
+    write_cifar10(tmp_path, *arrays)
+    part = tmp_path / f".{ARCHIVE_NAME}-abc.part"
+    staging = tmp_path / f".{FOLDER_NAME}-xyz"
+    fresh = tmp_path / f".{ARCHIVE_NAME}-new.part"
+    for p in (part, fresh):
+        p.write_bytes(b"partial")
+    staging.mkdir()
+    (staging / "data_batch_1").write_bytes(b"half")
+    old = time.time() - 2 * data.STALE_SECONDS
+    for p in (part, staging):
+        os.utime(p, (old, old))
+    load_cifar10(tmp_path, download=False)
+    assert not part.exists() and not staging.exists()
+    assert fresh.exists(), "a download in progress in another process must be left alone"

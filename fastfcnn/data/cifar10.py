@@ -14,6 +14,7 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -84,6 +85,7 @@ def load_cifar10(data_dir: Path | str | None = None, download: bool = True) -> D
     """
     root = resolve_data_dir(data_dir)
     folder, archive = root / FOLDER_NAME, root / ARCHIVE_NAME
+    remove_stale_staging(root)
     if folder.is_dir():
         return _assemble(_folder_files(folder), lambda name: str(folder / name))
     if not archive.is_file():
@@ -91,6 +93,29 @@ def load_cifar10(data_dir: Path | str | None = None, download: bool = True) -> D
             raise UserError(f"{_not_found(root)} and downloading is disabled; {_HINT}")
         _download(archive)
     return _load_archive(archive)
+
+
+STALE_SECONDS = 3600  # a download or extraction that has not touched its file for this long is dead
+
+
+def remove_stale_staging(root: Path) -> list[str]:
+    """Delete what a killed download (.cifar-10-python.tar.gz-*.part) or extraction
+    (.cifar-10-batches-py-*/) left in `root`. Only files idle for STALE_SECONDS go, so another
+    process's download in progress is left alone. Returns the names removed."""
+    removed = []
+    now = time.time()
+    for leftover in [*root.glob(f".{ARCHIVE_NAME}-*.part"), *root.glob(f".{FOLDER_NAME}-*")]:
+        try:
+            if now - leftover.stat().st_mtime < STALE_SECONDS:
+                continue
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+            removed.append(leftover.name)
+        except OSError:
+            pass
+    return removed
 
 
 def _not_found(root: Path) -> str:
