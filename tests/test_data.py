@@ -343,3 +343,17 @@ def test_leftovers_of_killed_downloads_are_cleaned_up(tmp_path, arrays):
     load_cifar10(tmp_path, download=False)
     assert not part.exists() and not staging.exists()
     assert fresh.exists(), "a download in progress in another process must be left alone"
+
+
+def test_an_archive_with_the_official_name_must_be_the_official_file(tmp_path, arrays, monkeypatch):
+    from fastfcnn.data import load_data
+
+    monkeypatch.setattr(data, "VERIFY_OFFICIAL_MD5", True)
+    archive = write_cifar10(tmp_path / "d", *arrays, tarball=True)
+    with pytest.raises(UserError, match="named like the official CIFAR-10 archive but its MD5 is"):
+        load_cifar10(tmp_path / "d", download=False)
+    mine = archive.rename(tmp_path / "my-copy.tar.gz")             # a copy of one's own, passed by name
+    assert_matches(load_data(mine), arrays)
+    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(mine.read_bytes()).hexdigest())
+    (tmp_path / "d" / ARCHIVE_NAME).write_bytes(mine.read_bytes())
+    assert_matches(load_cifar10(tmp_path / "d", download=False), arrays)

@@ -18,6 +18,7 @@ from .cifar10 import (
     IMAGE_SHAPE,
     default_data_dir,
     load_cifar10,
+    load_cifar10_archive,
     resolve_data_dir,
 )
 from .dataset import Dataset, channel_stats, column_stats, input_stats, stratified_split
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-def load_npz(path, image_size=None) -> Dataset:
+def load_npz(path) -> Dataset:
     from .npz import load_npz as load
     return load(path)
 
@@ -44,7 +45,9 @@ def load_data(path: Path | str | None = None, data_dir: Path | str | None = None
     """The dataset at `path`, or CIFAR-10 from `data_dir` when no path is given.
 
     path may be an .npz file of arrays, an image folder (``train/<class>/*`` and
-    ``test/<class>/*``), or a folder holding CIFAR-10 (``cifar-10-batches-py/`` or the archive).
+    ``test/<class>/*``), a CIFAR-10 archive in the official layout (``*.tar.gz``, taken as the
+    user's own copy: no MD5 check), or a folder holding CIFAR-10 (``cifar-10-batches-py/`` or the
+    official archive).
     image_size (height, width) resizes the images of an image folder.
     """
     if path is None:
@@ -53,8 +56,10 @@ def load_data(path: Path | str | None = None, data_dir: Path | str | None = None
     if image_size is not None and not (path.is_dir() and (path / "train").is_dir()):
         raise UserError(f"--image-size applies to image folders; {path} is not one")
     if path.is_file():
+        if path.name.lower().endswith((".tar.gz", ".tgz")):
+            return load_cifar10_archive(path)
         if path.suffix.lower() != ".npz":
-            raise UserError(f"--data {path}: expected an .npz file or a folder")
+            raise UserError(f"--data {path}: expected an .npz file, a CIFAR-10 .tar.gz or a folder")
         return load_npz(path)
     if not path.is_dir():
         raise UserError(f"--data {path}: no such file or folder")

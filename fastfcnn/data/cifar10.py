@@ -92,7 +92,39 @@ def load_cifar10(data_dir: Path | str | None = None, download: bool = True) -> D
         if not download:
             raise UserError(f"{_not_found(root)} and downloading is disabled; {_HINT}")
         _download(archive)
+        return _load_archive(archive)           # just downloaded: its MD5 was checked on the way in
+    _check_official(archive)
     return _load_archive(archive)
+
+
+def load_cifar10_archive(archive: Path | str) -> Dataset:
+    """Load CIFAR-10 from an archive in the official layout that the user names explicitly
+    (``--data my-copy.tar.gz``): no MD5 check, since it need not be the official file."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise UserError(f"no such archive: {archive}")
+    return _load_archive(archive)
+
+
+# The official file name promises the official bytes; tests that build their own archives turn this off.
+VERIFY_OFFICIAL_MD5 = True
+
+
+def _check_official(archive: Path) -> None:
+    """An archive named like the official one must be the official one (its MD5 matches)."""
+    if not VERIFY_OFFICIAL_MD5:
+        return
+    md5 = hashlib.md5()
+    try:
+        with open(archive, "rb") as f:
+            while chunk := f.read(1 << 20):
+                md5.update(chunk)
+    except OSError as exc:
+        raise UserError(f"cannot read {archive}: {exc.strerror or exc}") from exc
+    if md5.hexdigest() != CIFAR10_MD5:
+        raise UserError(f"{archive} is named like the official CIFAR-10 archive but its MD5 is {md5.hexdigest()}, "
+                        f"not {CIFAR10_MD5}: it is damaged or another file; delete it to download it again, or "
+                        f"pass a copy of your own with --data FILE.tar.gz")
 
 
 STALE_SECONDS = 3600  # a download or extraction that has not touched its file for this long is dead
