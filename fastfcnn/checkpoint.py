@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .errors import UserError
-from .files import save_npz
+from .files import read_npz, save_npz
 from .model import check_model, model_arrays, model_from_arrays
 
 CHECKPOINT = "checkpoint.npz"
@@ -61,32 +60,25 @@ def save_checkpoint(path: Path, trainer, extra: dict) -> None:
 def load_checkpoint(path: Path) -> dict:
     """{'state': dict, 'model': Model, 'first': [...], 'second': [...], 'best': [...], 'order': array or None};
     any problem with the file is one UserError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no checkpoint at {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError("an .npy array, not an .npz archive")
-            files = set(z.files)
-            if "state" not in files:
-                raise UserError(f"not a fastfcnn checkpoint: {path} (no state)")
-            state = json.loads(str(z["state"]))
-            if not isinstance(state, dict) or state.get("format") != FORMAT:
-                raise UserError(f"not a fastfcnn checkpoint: {path} (format {state.get('format')!r}, "
-                                f"this fastfcnn reads {FORMAT})")
-            model = model_from_arrays({k[6:]: z[k] for k in files if k.startswith("model/")}, path)
+    def read(z):
+        files = set(z.files)
+        if "state" not in files:
+            raise UserError(f"not a fastfcnn checkpoint: {path} (no state)")
+        state = json.loads(str(z["state"]))
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise UserError(f"not a fastfcnn checkpoint: {path} (format {state.get('format')!r}, "
+                            f"this fastfcnn reads {FORMAT})")
+        model = model_from_arrays({k[6:]: z[k] for k in files if k.startswith("model/")}, path)
 
-            def group(name):
-                n = sum(1 for k in files if k.startswith(name + "/"))
-                return [np.asarray(z[f"{name}/{i}"]) for i in range(n)]
+        def group(name):
+            n = sum(1 for k in files if k.startswith(name + "/"))
+            return [np.asarray(z[f"{name}/{i}"]) for i in range(n)]
 
-            ckpt = {"state": state, "model": model, "first": group("first"), "second": group("second"),
-                    "best": group("best"), "order": z["order"] if "order" in files else None}
-    except UserError:
-        raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as e:
-        raise UserError(f"not a readable fastfcnn checkpoint: {path} ({e})") from None
+        return {"state": state, "model": model, "first": group("first"), "second": group("second"),
+                "best": group("best"), "order": z["order"] if "order" in files else None}
+
+    ckpt = read_npz(path, "fastfcnn checkpoint", read)
+    state = ckpt["state"]
     check_model(ckpt["model"], path)
     needed = ("rng", "epoch", "pos", "history", "config", "data", "updates")
     missing = [k for k in needed if k not in state]

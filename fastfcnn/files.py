@@ -2,9 +2,12 @@
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from .errors import UserError
 
 
 def _atomic(path: Path, write) -> None:
@@ -56,3 +59,21 @@ def save_npz(path: Path, arrays: dict) -> None:
 def save_json(path: Path, obj) -> None:
     """Write `obj` as indented JSON to `path` through a temporary file in the same directory."""
     _atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def read_npz(path: Path, what: str, read):
+    """read(z) for the open .npz archive at `path` (arrays only, never pickles). A missing file,
+    an .npy array, a corrupt archive or member, or a missing key is one UserError naming the file
+    as `what` ("fastfcnn model", ...); UserErrors from `read` pass through."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("an .npy array, not an .npz archive")
+            return read(z)
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as e:
+        raise UserError(f"not a readable {what}: {path} ({e})") from None

@@ -1,13 +1,12 @@
 """The network's parameters and everything `evaluate` and `predict` need to use them, saved as one .npz."""
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
-from .files import save_npz
+from .files import read_npz, save_npz
 
 # 1: CIFAR-10 only (per-channel statistics of 3x32x32 images); 2: adds input_kind and image_shape.
 FORMAT_VERSION = 2
@@ -99,18 +98,7 @@ def save_model(path: Path, model: Model) -> None:
 
 def load_model(path: Path) -> Model:
     """Load a model saved by save_model; any problem with the file is a UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError("an .npy array, not an .npz archive")
-            model = model_from_arrays(z, path)
-    except UserError:
-        raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as e:
-        raise UserError(f"not a readable fastfcnn model: {path} ({e})") from None
+    model = read_npz(path, "fastfcnn model", lambda z: model_from_arrays(z, path))
     check_model(model, path)
     return model
 

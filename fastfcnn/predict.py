@@ -2,13 +2,13 @@
 its predictions on them."""
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from . import network
 from .errors import UserError
+from .files import read_npz
 from .model import Model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -64,17 +64,11 @@ def load_inputs(model: Model, paths, resize: bool = False) -> list[tuple[str, np
 
 
 def _npz_x(path: Path) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise UserError(f"{path}: an .npy array, not an .npz archive with an x array")
-            if "x" not in z.files:
-                raise UserError(f"{path} has no array named x (it has {', '.join(z.files) or 'none'})")
-            return z["x"]
-    except UserError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read {path} ({e})") from None
+    def read(z):
+        if "x" not in z.files:
+            raise UserError(f"{path} has no array named x (it has {', '.join(z.files) or 'none'})")
+        return z["x"]
+    return read_npz(path, "input .npz", read)
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

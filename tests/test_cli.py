@@ -172,7 +172,7 @@ def test_installed_command_reports_errors_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastfcnn.cli", "evaluate", str(tmp_path / "none.npz")],
                           capture_output=True, text=True)
     assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("error: model file not found")
+    assert proc.stderr.strip().startswith("error: fastfcnn model file not found")
     assert "Traceback" not in proc.stderr
 
 

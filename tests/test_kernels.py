@@ -60,11 +60,17 @@ def test_gemm_nt(m, k, n, mode):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("d,h", [(3072, 33), (33, 10), (10, 1), (1, 33), (33, 600)])   # 600: gemm_op on 1-2 threads
 @pytest.mark.parametrize("relu", [True, False])
-def test_input_linear_forward(batch, d, h, relu):
+@pytest.mark.parametrize("features", [False, True])   # uint8 pixels, or tabular float32 features
+def test_input_linear_forward(batch, d, h, relu, features):
     rng = np.random.default_rng(batch + d + h)
-    xb = rng.integers(0, 256, (batch, d), dtype=np.uint8)
-    mean = rng.uniform(50, 200, d).astype(np.float32)
-    inv_std = (1 / rng.uniform(30, 80, d)).astype(np.float32)
+    if features:
+        xb = randn(rng, batch, d) * np.float32(3) + np.float32(1)
+        mean = randn(rng, d)
+        inv_std = (1 / rng.uniform(0.5, 4, d)).astype(np.float32)
+    else:
+        xb = rng.integers(0, 256, (batch, d), dtype=np.uint8)
+        mean = rng.uniform(50, 200, d).astype(np.float32)
+        inv_std = (1 / rng.uniform(30, 80, d)).astype(np.float32)
     w, b = randn(rng, h, d) * np.float32(0.05), randn(rng, h)
     args = (xb, mean, inv_std, w, b, relu, np.zeros((batch, d), np.float32), np.zeros((batch, h), np.float32),
             PACK)
@@ -72,26 +78,9 @@ def test_input_linear_forward(batch, d, h, relu):
     (rx, ro), _ = both("input_linear_forward", *args, outputs=[6, 7])[1]
     close(kx, rx)
     close(ko, ro)
+    np.testing.assert_allclose(kx, (xb.astype(np.float32) - mean) * inv_std, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("d", [1, 33, 3072])
-@pytest.mark.parametrize("h", [1, 10, 64])
-@pytest.mark.parametrize("relu", [True, False])
-def test_input_linear_forward_float32_features(batch, d, h, relu):
-    """The first layer on tabular float32 features instead of uint8 pixels."""
-    rng = np.random.default_rng(batch + 7 * d + h)
-    xb = randn(rng, batch, d) * np.float32(3) + np.float32(1)
-    mean = randn(rng, d)
-    inv_std = (1 / rng.uniform(0.5, 4, d)).astype(np.float32)
-    w, b = randn(rng, h, d) * np.float32(0.05), randn(rng, h)
-    args = (xb, mean, inv_std, w, b, relu, np.zeros((batch, d), np.float32), np.zeros((batch, h), np.float32),
-            PACK)
-    (kx, ko), _ = both("input_linear_forward", *args, outputs=[6, 7])[0]
-    (rx, ro), _ = both("input_linear_forward", *args, outputs=[6, 7])[1]
-    close(kx, rx)
-    close(ko, ro)
-    np.testing.assert_allclose(kx, (xb - mean) * inv_std, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("batch", BATCHES)
