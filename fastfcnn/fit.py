@@ -122,15 +122,7 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
         Bad options or data, a run directory that cannot be used, a failed write, divergence.
     """
     out_dir = None if out_dir is None else Path(out_dir)
-    ckpt = None
-    if out_dir is not None:
-        check_out_dir(out_dir)
-        if resume:
-            ckpt = load_checkpoint(out_dir / CHECKPOINT)
-        else:
-            claim_run_dir(out_dir, force)
-    elif resume:
-        raise UserError("resuming needs the run directory")
+    ckpt = open_run_dir(out_dir, resume, force)
     n_threads = set_threads(threads, config.engine)
     trainer = Trainer(config, data, on_epoch=on_epoch, on_step=on_step)
     if ckpt is not None:
@@ -138,57 +130,36 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
         restore(trainer, ckpt, out_dir / CHECKPOINT)
         if on_resume:
             on_resume(trainer.epoch, trainer.pos, notes)
-    extra = {"data_source": data_source, "threads": n_threads, "preset": preset}
-    base = {"status": "running", "config": trainer.model.config, "preset": preset, "data": describe_data(data),
-            "data_source": data_source, "threads": n_threads, "versions": versions(config.engine),
-            "n_train": len(trainer.train_idx), "n_val": len(trainer.val_idx),
-            "n_test": 0 if data.y_test is None else len(data.y_test)}
-
-    def save_progress(status: str) -> None:
-        if out_dir is None:
-            return
-        make_out_dir(out_dir)
-        write(out_dir / CHECKPOINT, lambda p: save_checkpoint(p, trainer, extra), out_dir, trainer)
-        write(out_dir / "metrics.json", lambda p: save_json(p, base | {"status": status, "history": trainer.history}),
-              out_dir, trainer)
+    run = RunFiles(out_dir, trainer, {
+        "config": trainer.model.config, "preset": preset, "data": describe_data(data), "data_source": data_source,
+        "threads": n_threads, "versions": versions(config.engine), "n_train": len(trainer.train_idx),
+        "n_val": len(trainer.val_idx), "n_test": 0 if data.y_test is None else len(data.y_test)})
 
     with StopOnSignal() as stop:
         trainer.should_stop = stop.requested
         try:
             while trainer.epoch < config.epochs and not trainer.stopped:
                 trainer.run_epoch()
-                save_progress("running")
+                run.save_progress("running")
                 if stop.requested():
                     raise Interrupted(trainer.epoch + 1, 0)
         except Interrupted as e:
-            save_progress("interrupted")
+            run.save_progress("interrupted")
             raise RunInterrupted(interrupted_message(stop.signal, e, out_dir),
                                  143 if stop.signal == signal.SIGTERM else 130) from None
         except Diverged as e:
-            if out_dir is not None:
-                make_out_dir(out_dir)
-                write(out_dir / "metrics.json", lambda p: save_json(p, base | {"status": "diverged", "error": str(e),
-                                                                              "history": trainer.history}),
-                      out_dir, trainer)
-                if (out_dir / CHECKPOINT).exists():
-                    raise Diverged(f"{e}. The last good checkpoint (epoch {trainer.history[-1]['epoch'] if trainer.history else 0}) "
-                                   f"stays in {out_dir / CHECKPOINT}") from None
-            raise
+            run.save_diverged(e)
 
-    history = trainer.history
-    train_seconds = sum(r["seconds"] for r in history)
     best = trainer.best_model() if config.patience else None
-    if out_dir is not None:                         # the weights are safe before any evaluation runs
-        make_out_dir(out_dir)
-        write(out_dir / "model.npz", lambda p: save_model(p, trainer.model), out_dir, trainer)
-        if best is not None:
-            write(out_dir / "best.npz", lambda p: save_model(p, best), out_dir, trainer)
+    run.save_models(best)                        # the weights are safe before any evaluation runs
+    history = trainer.history
     flip_tta = config.flip and data.image_shape is not None
     final = {"model": "model.npz", "epoch": len(history), "val_accuracy": history[-1]["val_accuracy"]}
     final |= test_metrics(trainer.E, trainer.model, data, flip_tta)
     predictions = test_predictions(trainer.E, trainer.model, data)
-    metrics = base | {"status": "finished", "history": history, "test_loss": final["test_loss"],
-                      "test_accuracy": final["test_accuracy"], "train_seconds": train_seconds, "final": final}
+    metrics = run.base | {"status": "finished", "history": history, "test_loss": final["test_loss"],
+                          "test_accuracy": final["test_accuracy"],
+                          "train_seconds": sum(r["seconds"] for r in history), "final": final}
     if predictions is not None:
         metrics["confusion_matrix"] = confusion_matrix(predictions["y_true"], predictions["y_pred"],
                                                        len(data.class_names)).tolist()
@@ -196,11 +167,67 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
         metrics["best_epoch"] = trainer.best_epoch
         metrics["best"] = {"model": "best.npz", "epoch": trainer.best_epoch,
                            "val_accuracy": trainer.best_val_accuracy} | test_metrics(trainer.E, best, data, flip_tta)
-    if out_dir is not None:
-        if predictions is not None:
-            write(out_dir / "predictions.npz", lambda p: save_npz(p, predictions), out_dir, trainer)
-        write(out_dir / "metrics.json", lambda p: save_json(p, metrics), out_dir, trainer)
+    run.save_final(metrics, predictions)
     return RunResult(trainer.model, history, metrics, best, out_dir)
+
+
+def open_run_dir(out_dir: Path | None, resume: bool, force: bool):
+    """The checkpoint to resume from (None for a new run), after checking that out_dir can be used."""
+    if out_dir is None:
+        if resume:
+            raise UserError("resuming needs the run directory")
+        return None
+    check_out_dir(out_dir)
+    if resume:
+        return load_checkpoint(out_dir / CHECKPOINT)
+    claim_run_dir(out_dir, force)
+    return None
+
+
+class RunFiles:
+    """The files of a run directory (nothing at all when out_dir is None). base: the metrics.json
+    fields known from the start; every write goes through `write`."""
+
+    def __init__(self, out_dir: Path | None, trainer: Trainer, base: dict):
+        self.out_dir, self.trainer, self.base = out_dir, trainer, base
+
+    def _write(self, name: str, save) -> None:
+        make_out_dir(self.out_dir)
+        write(self.out_dir / name, save, self.out_dir, self.trainer)
+
+    def save_progress(self, status: str) -> None:
+        """checkpoint.npz and metrics.json with the history so far."""
+        if self.out_dir is None:
+            return
+        extra = {k: self.base[k] for k in ("data_source", "threads", "preset")}
+        self._write(CHECKPOINT, lambda p: save_checkpoint(p, self.trainer, extra))
+        self._write("metrics.json", lambda p: save_json(p, self.base | {"status": status,
+                                                                        "history": self.trainer.history}))
+
+    def save_diverged(self, e: Diverged):
+        """Record the divergence and raise it, saying what is still safe."""
+        if self.out_dir is None:
+            raise e
+        self._write("metrics.json", lambda p: save_json(p, self.base | {"status": "diverged", "error": str(e),
+                                                                        "history": self.trainer.history}))
+        ckpt = self.out_dir / CHECKPOINT
+        if not ckpt.exists():
+            raise e
+        raise Diverged(f"{e}. The last good checkpoint (epoch {self.trainer.epoch}) stays in {ckpt}") from None
+
+    def save_models(self, best) -> None:
+        if self.out_dir is None:
+            return
+        self._write("model.npz", lambda p: save_model(p, self.trainer.model))
+        if best is not None:
+            self._write("best.npz", lambda p: save_model(p, best))
+
+    def save_final(self, metrics: dict, predictions: dict | None) -> None:
+        if self.out_dir is None:
+            return
+        if predictions is not None:
+            self._write("predictions.npz", lambda p: save_npz(p, predictions))
+        self._write("metrics.json", lambda p: save_json(p, metrics))
 
 
 def write(path: Path, save, out_dir: Path, trainer) -> None:
