@@ -12,12 +12,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fastfcnn.cli import app
-from fastfcnn.report import bench_problem, load_run
+from fastfcnn.report import bench_problem, load_run, report_figure
 from fastfcnn.report.bench import grouped_phases
 from fastfcnn.report.runs import confident_mistakes
 
 runner = CliRunner()
-TRAIN = ["--hidden", "8", "--batch-size", "16", "--quiet"]
+TRAIN = ["--hidden", "8", "--batch-size", "16", "--threads", "1", "--quiet"]  # 1 thread: quick on shared cores
 CLASSES = ["red", "green", "blue"]
 WIDTH = 1500                       # 15 inches at the default 100 dpi
 
@@ -56,10 +56,12 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data):
-    """Two image runs (one with flip TTA) and a features run, trained by `fastfcnn train`."""
+    """Two image runs (one with flip TTA, one with early stopping's best epoch) and a features run,
+    trained by `fastfcnn train`."""
     root = tmp_path_factory.mktemp("runs")
     ok("train", "--data", data / "images.npz", "--epochs", "3", "--flip", "--out", root / "a", *TRAIN)
-    ok("train", "--data", data / "images.npz", "--epochs", "2", "--seed", "1", "--out", root / "b", *TRAIN)
+    ok("train", "--data", data / "images.npz", "--epochs", "4", "--seed", "1", "--patience", "3", "--out", root / "b",
+       *TRAIN)
     ok("train", "--data", data / "features.npz", "--epochs", "2", "--out", root / "f", *TRAIN)
     return root
 
@@ -128,6 +130,7 @@ def test_several_runs_in_one_picture(runs, data, tmp_path):
     out = tmp_path / "compare.png"
     ok("report", runs / "a", runs / "b", runs / "f", "--data", data / "images.npz", "--mistakes", "8", "--out", out)
     height, _ = picture(out)
+    assert "best" in load_run(runs / "b").metrics      # drawn as a dotted line at the best epoch
     single = picture(ok("report", runs / "b", "--out", tmp_path / "one.png").stdout.strip())
     assert height > single[0]
 
@@ -144,22 +147,43 @@ def test_features_run_has_no_mistakes_grid(runs, data, tmp_path):
     picture(tmp_path / "f.png")
 
 
-def test_run_still_training(runs, tmp_path):
-    """metrics.json as rewritten after each epoch: config and history, no test results yet; a
-    predictions.npz left by an earlier run in the folder is not used."""
+@pytest.mark.parametrize("status, note", [("running", "it is still training"), ("interrupted", "it was interrupted"),
+                                          ("diverged", "it diverged"), (None, "it is still training")])
+def test_run_still_training(runs, tmp_path, status, note):
+    """metrics.json as rewritten after each epoch: config and history, no test results yet (also
+    as an interrupted or diverged run leaves it, and without a status); a predictions.npz left in
+    the folder by an earlier run is not used."""
     metrics = json.loads((runs / "a" / "metrics.json").read_text())
     live = tmp_path / "live"
     live.mkdir()
-    (live / "metrics.json").write_text(json.dumps({k: metrics[k] for k in ("config", "preset", "data")}
-                                                  | {"history": metrics["history"][:2]}))
+    partial = {k: metrics[k] for k in ("config", "preset", "data")} | {"history": metrics["history"][:2]}
+    if status:
+        partial["status"] = status
+    (live / "metrics.json").write_text(json.dumps(partial))
     (live / "predictions.npz").write_bytes((runs / "a" / "predictions.npz").read_bytes())
+    assert load_run(live).predictions is None
+    if status != "running":                           # the library's notes are enough (rendering is slow)
+        _, notes = report_figure([load_run(live)])
+        assert f"live: no confusion matrix, {note}" in notes
+        return
     result = ok("report", live)
-    assert "still training" in result.output
+    assert f"no confusion matrix, {note}" in result.output
     live_height, _ = picture(live / "report.png")
     assert live_height < 700                          # curves only
-    assert load_run(live).predictions is None
     ok("report", live, runs / "a", "--out", tmp_path / "both.png")
     picture(tmp_path / "both.png")
+
+
+def test_run_without_a_test_set(runs, tmp_path):
+    metrics = json.loads((runs / "a" / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_loss", "test_accuracy_flip_tta"):
+        metrics[key] = metrics["final"][key] = None
+    del metrics["confusion_matrix"]
+    (tmp_path / "nt").mkdir()
+    (tmp_path / "nt" / "metrics.json").write_text(json.dumps(metrics))
+    result = ok("report", tmp_path / "nt")
+    assert "no confusion matrix, it had no test set" in result.output
+    picture(tmp_path / "nt" / "report.png")
 
 
 def test_svg_and_pdf_by_extension(runs, tmp_path):
@@ -263,7 +287,9 @@ def _broken_bench():
     ("metrics_not_object", "expected a JSON object"),
     ("bad_history_record", "lacks a number for train_loss"),
     ("bad_confusion", "confusion_matrix is not a square matrix"),
-    ("corrupt_predictions", "predictions.npz: it is corrupt"),
+    ("corrupt_predictions", "not a readable run's test-set predictions"),
+    ("bad_final", "final.test_accuracy is not a number"),
+    ("bad_data", "data is not an object"),
     ("missing_run", "no such run directory"),
 ])
 def test_bad_run_directory(runs, tmp_path, case, message):
@@ -283,7 +309,11 @@ def test_bad_run_directory(runs, tmp_path, case, message):
         metrics["history"][1]["train_loss"] = None
     elif case == "bad_confusion":
         metrics["confusion_matrix"] = [[1, 2], [3]]
-    if case in ("no_history", "empty_history", "bad_history_record", "bad_confusion"):
+    elif case == "bad_final":
+        metrics["final"]["test_accuracy"] = "57%"
+    elif case == "bad_data":
+        metrics["data"] = ["images"]
+    if case in ("no_history", "empty_history", "bad_history_record", "bad_confusion", "bad_final", "bad_data"):
         (bad / "metrics.json").write_text(json.dumps(metrics))
     elif case == "corrupt_metrics":
         (bad / "metrics.json").write_text(json.dumps(metrics)[:300])
@@ -363,7 +393,6 @@ def test_stale_predictions_are_not_used(runs, tmp_path):
 
 def test_library_report_figure_needs_something_to_draw():
     from fastfcnn.errors import UserError
-    from fastfcnn.report import report_figure
     with pytest.raises(UserError, match="nothing to draw"):
         report_figure([])
     with pytest.raises(UserError, match="not a `fastfcnn bench` report"):

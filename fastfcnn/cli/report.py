@@ -9,15 +9,11 @@ from .options import DATA_DIR_HELP, DATA_HELP
 
 HELP = """Draw a picture of one or more runs and/or of `fastfcnn bench --json` results.
 
-For runs: learning curves (loss, accuracy, learning rate per epoch, test accuracy marked; one
-colour per run), the test-set confusion matrix and per-class accuracy (from the run's stored
-predictions; no data needed), and, for image data given with --data/--data-dir, the test images
-the net got most confidently wrong. A run still training gets its curves so far.
+For runs: learning curves (loss, accuracy and learning rate per epoch, test accuracy marked, one colour per run), the test-set confusion matrix and per-class accuracy (from the predictions stored with the run: no data needed), and, for image data given with --data or --data-dir, the test images the net got most confidently wrong. A run still training gets its curves so far.
 
-For --bench FILE: epoch time per engine per net and the per-phase split of a training step.
+For --bench FILE: epoch time per engine for each net, and where the time of one training step goes (gather, forward, loss, backward, update).
 
-Output: with exactly one run directory and no --out, RUN_DIR/report.png; otherwise --out, whose
-default is ./report.png. PNG, SVG or PDF by the extension of --out. Prints the path written.
+Output: with exactly one run directory and no --out, RUN_DIR/report.png; otherwise --out, default ./report.png. PNG, SVG or PDF by the extension of --out. Prints the path written; notes on what was left out go to stderr.
 
 \b
   fastfcnn report runs/wide
@@ -30,7 +26,7 @@ default is ./report.png. PNG, SVG or PDF by the extension of --out. Prints the p
 @app.command(help=HELP)
 @user_errors
 def report(
-    run_dirs: Optional[List[Path]] = typer.Argument(None, metavar="[RUN_DIR]...",
+    run_dirs: Optional[List[Path]] = typer.Argument(None, metavar="RUN_DIR",
                                                     help="Run directories written by `fastfcnn train`."),
     bench: Optional[Path] = typer.Option(None, "--bench", metavar="FILE",
                                          help="A JSON file written by `fastfcnn bench --json`."),

@@ -30,21 +30,28 @@ def grouped_phases(phases_ms: dict) -> dict:
 
 
 def net_label(net: str, r: dict) -> str:
-    layers = r.get("layers") or []
-    sizes = [layers[0][1]] + [l[2] for l in layers] if layers else r.get("hidden", [])
-    batch = f", batch {r['batch_size']}" if "batch_size" in r else ""
+    layers, hidden = r.get("layers") or [], r.get("hidden")
+    sizes = [layers[0][1]] + [l[2] for l in layers] if layers else hidden if isinstance(hidden, list) else []
+    batch = f", batch {r['batch_size']}" if r.get("batch_size") else ""
     return f"{net} net {'-'.join(map(str, sizes))}{batch}"
 
 
 def header(report: dict) -> str:
-    n = report.get("n_train")
-    quick = f"--quick: {n:,} images, {report.get('repeats', 1)} timed epoch(s)" if report.get("quick") else \
-        f"{n:,} images, median of {report.get('repeats', '?')} epochs" if n else ""
-    return f"{report.get('threads', '?')} threads, {report.get('data', '?')} data ({quick})"
+    """e.g. '2 threads, synthetic data (--quick: 2,000 images, 1 timed epoch)'."""
+    n, repeats = report.get("n_train"), report.get("repeats")
+    what = [f"{n:,} images" if isinstance(n, int) else ""]
+    if isinstance(repeats, int):
+        what.append(f"{repeats} timed epoch{'s' if repeats != 1 else ''}" if report.get("quick")
+                    else f"median of {repeats} epochs")
+    quick = "--quick: " if report.get("quick") else ""
+    detail = ", ".join(w for w in what if w)
+    threads = report.get("threads", "?")
+    return f"{threads} thread{'' if threads == 1 else 's'}, {report.get('data', '?')} data ({quick}{detail})"
 
 
-def versions(report: dict) -> str:
-    return "versions: " + ", ".join(f"{k} {v}" for k, v in (report.get("versions") or {}).items())
+def versions(report: dict) -> str | None:
+    v = report.get("versions")
+    return "versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) if isinstance(v, dict) and v else None
 
 
 def startup_line(report: dict) -> str | None:

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from ..files import read_npz
 
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_accuracy")
+OPTIONAL_HISTORY_KEYS = ("val_loss", "val_accuracy")
+RESULT_KEYS = ("test_loss", "test_accuracy", "test_accuracy_flip_tta", "val_accuracy", "epoch")
 
 
 @dataclass
@@ -32,14 +33,23 @@ class Run:
     confusion: np.ndarray | None = None
     predictions: dict | None = None
     notes: list = field(default_factory=list)
+    colour: str = "C0"              # the run's colour in every panel (set by report_figure)
 
     @property
     def history(self) -> list:
         return self.metrics["history"]
 
     @property
+    def status(self) -> str:
+        """'finished', 'running', 'interrupted' or 'diverged' (as `fastfcnn train` records it)."""
+        status = self.metrics.get("status")
+        if isinstance(status, str):
+            return status
+        return "finished" if "final" in self.metrics else "running"
+
+    @property
     def finished(self) -> bool:
-        return "final" in self.metrics
+        return self.status == "finished"
 
     @property
     def classes(self) -> list:
@@ -90,10 +100,14 @@ def load_run(path: Path | str, name: str | None = None) -> Run:
         raise UserError(f"{file} has no training history (no finished epoch); nothing to draw")
     for record in history:
         bad = [k for k in HISTORY_KEYS if not isinstance(record, dict) or not _number(record.get(k))]
+        bad += [k for k in OPTIONAL_HISTORY_KEYS if isinstance(record, dict) and not _number_or_none(record.get(k))]
         if bad:
             raise UserError(f"{file} is corrupt: a history record lacks a number for {', '.join(bad)}")
+    problem = _metrics_problem(metrics)
+    if problem:
+        raise UserError(f"{file} is corrupt: {problem}")
     run = Run(path, name or path.resolve().name, metrics)
-    if "confusion_matrix" in metrics:
+    if "confusion_matrix" in metrics and run.finished:
         run.confusion = _confusion(metrics["confusion_matrix"], file, len(run.classes))
         run.predictions = _predictions(path / "predictions.npz", run)
     return run
@@ -101,6 +115,29 @@ def load_run(path: Path | str, name: str | None = None) -> Run:
 
 def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _number_or_none(x) -> bool:
+    return x is None or _number(x)
+
+
+def _metrics_problem(m: dict) -> str | None:
+    """What, beyond the history, makes metrics.json unusable for the report (None if nothing)."""
+    for key in ("config", "data", "final", "best"):
+        if m.get(key) is not None and not isinstance(m[key], dict):
+            return f"{key} is not an object"
+    for key in ("final", "best"):
+        bad = [k for k in RESULT_KEYS if not _number_or_none((m.get(key) or {}).get(k))]
+        if bad:
+            return f"{key}.{bad[0]} is not a number"
+    data = m.get("data") or {}
+    classes, shape = data.get("classes"), data.get("image_shape")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        return "data.classes is not a list of names"
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3
+                                  and all(isinstance(v, int) and v > 0 for v in shape)):
+        return "data.image_shape is not [channels, height, width]"
+    return None
 
 
 def _confusion(value, file: Path, n_classes: int) -> np.ndarray:
@@ -121,16 +158,13 @@ def _predictions(file: Path, run: Run) -> dict | None:
     if not file.is_file():
         run.notes.append(f"{run.name}: no predictions.npz, so no mistakes can be shown")
         return None
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            preds = {k: z[k] for k in ("y_true", "y_pred", "probs")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise UserError(f"cannot read {file}: it is corrupt ({type(e).__name__}: {e})") from None
-    n, k = len(preds["y_true"]), len(run.confusion)
-    shapes_ok = (preds["y_pred"].shape == (n,) and preds["probs"].shape == (n, k) and preds["y_true"].ndim == 1
-                 and preds["y_true"].min(initial=0) >= 0 and preds["y_true"].max(initial=0) < k
-                 and preds["y_pred"].min(initial=0) >= 0 and preds["y_pred"].max(initial=0) < k)
-    if not shapes_ok or not np.array_equal(confusion_matrix(preds["y_true"], preds["y_pred"], k), run.confusion):
+    preds = read_npz(file, "run's test-set predictions", lambda z: {k: z[k] for k in ("y_true", "y_pred", "probs")})
+    y_true, y_pred, probs = preds["y_true"], preds["y_pred"], preds["probs"]
+    n, k = len(y_true) if y_true.ndim == 1 else -1, len(run.confusion)
+    shapes_ok = (y_true.ndim == 1 and y_true.dtype.kind in "iu" and y_pred.dtype.kind in "iu"
+                 and y_pred.shape == (n,) and probs.shape == (n, k)
+                 and ((y_true >= 0) & (y_true < k)).all() and ((y_pred >= 0) & (y_pred < k)).all())
+    if not shapes_ok or not np.array_equal(confusion_matrix(y_true, y_pred, k), run.confusion):
         run.notes.append(f"{run.name}: predictions.npz does not match metrics.json (left from another run?); "
                          f"not used")
         return None
@@ -178,6 +212,12 @@ def bench_problem(report) -> str | None:
             phases = e.get("phases_ms", {})
             if not isinstance(phases, dict) or not all(_number(v) for v in phases.values()):
                 return f"engine {engine!r} of net {net!r} has malformed phases_ms"
+            bad = [k for k in ("step_ms", "matmul_gflops", "matmul_pct_of_sgemm") if not _number(e.get(k, 0))]
+            if bad:
+                return f"engine {engine!r} of net {net!r}: {bad[0]} is not a number"
+        layers = r.get("layers", [])
+        if not isinstance(layers, list) or not all(isinstance(l, list) and len(l) == 3 for l in layers):
+            return f"net {net!r} has malformed layers"
     return None
 
 

@@ -15,10 +15,6 @@ from .load import Run, test_images
 MISTAKE_COLUMNS = 8
 
 
-def colour(i: int) -> str:
-    return f"C{i % 10}"
-
-
 def percent(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
@@ -34,7 +30,9 @@ def status(run: Run) -> str:
     """'test 45.2% (flip TTA 46.0%)', or 'training: epoch 3 of 20' for a run still in progress."""
     if not run.finished:
         total = (run.metrics.get("config") or {}).get("epochs")
-        return f"training: epoch {run.history[-1]['epoch']}" + (f" of {total}" if total else "")
+        epoch = f"epoch {run.history[-1]['epoch']}" + (f" of {total}" if total else "")
+        return {"running": f"training: {epoch}", "interrupted": f"interrupted after {epoch}",
+                "diverged": f"diverged after {epoch}"}.get(run.status, f"{run.status}: {epoch}")
     acc, tta = run.final("test_accuracy"), run.final("test_accuracy_flip_tta")
     if acc is None:
         return "no test set"
@@ -52,7 +50,8 @@ def describe(run: Run) -> str:
                      f"{cfg.get('epochs', '?')} epochs")
     parts.append(status(run))
     if "train_seconds" in m:
-        threads = f" on {m['threads']} threads" if m.get("threads") else ""
+        n = m.get("threads")
+        threads = f" on {n} thread{'s' if n != 1 else ''}" if n else ""
         parts.append(f"trained in {m['train_seconds']:.0f} s{threads}")
     return f"{run.name}: " + ", ".join(parts)
 
@@ -71,15 +70,16 @@ def curves_section(runs: list) -> tuple:
         acc_ax.sharex(loss_ax)
         lr_ax.sharex(loss_ax)
         handles = []
-        for i, run in enumerate(runs):
-            c, h = colour(i), run.history
+        for run in runs:
+            c, h = run.colour, run.history
             epochs = _series(h, "epoch")
             last = epochs[-1]
-            loss_ax.plot(epochs, _series(h, "train_loss"), "-o", color=c, ms=3)
-            loss_ax.plot(epochs, _series(h, "val_loss"), "--o", color=c, ms=3, mfc="white")
-            acc_ax.plot(epochs, _series(h, "train_accuracy"), "-o", color=c, ms=3)
-            acc_ax.plot(epochs, _series(h, "val_accuracy"), "--o", color=c, ms=3, mfc="white")
-            lr_ax.plot(epochs, _series(h, "lr"), "-o", color=c, ms=3)
+            dots = {"marker": "o", "ms": 3} if len(h) <= 30 else {}     # dots only while they stay apart
+            loss_ax.plot(epochs, _series(h, "train_loss"), "-", color=c, **dots)
+            loss_ax.plot(epochs, _series(h, "val_loss"), "--", color=c, mfc="white", **dots)
+            acc_ax.plot(epochs, _series(h, "train_accuracy"), "-", color=c, **dots)
+            acc_ax.plot(epochs, _series(h, "val_accuracy"), "--", color=c, mfc="white", **dots)
+            lr_ax.plot(epochs, _series(h, "lr"), "-", color=c, **dots)
             if run.finished and run.final("test_accuracy") is not None:
                 loss_ax.plot([last], [run.final("test_loss")], "*", color=c, ms=14, mec="black", mew=0.6)
                 acc_ax.plot([last], [run.final("test_accuracy")], "*", color=c, ms=14, mec="black", mew=0.6)
@@ -89,29 +89,34 @@ def curves_section(runs: list) -> tuple:
             best = run.metrics.get("best")
             if isinstance(best, dict) and best.get("epoch"):
                 acc_ax.axvline(best["epoch"], color=c, ls=":", lw=1.2)
-            label = "\n".join(textwrap.wrap(run.name, 24) + status(run).replace(" (", "\n(").splitlines())
-            handles.append(Line2D([], [], color=c, lw=3, label=label))
+            handles.append(Line2D([], [], color=c, lw=3, label=_legend_label(run)))
         loss_ax.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
         acc_ax.set(title="accuracy", xlabel="epoch")
-        acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         lr_ax.set(title="learning rate (last step of epoch)", xlabel="epoch")
         lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         for ax in axes[:3]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-        style = [Line2D([], [], color="grey", ls="-", marker="o", ms=3, label="train"),
-                 Line2D([], [], color="grey", ls="--", marker="o", ms=3, mfc="white", label="validation"),
+        style = [Line2D([], [], color="grey", ls="-", label="train"),
+                 Line2D([], [], color="grey", ls="--", label="validation"),
                  Line2D([], [], color="grey", ls="", marker="*", ms=12, mec="black", label="test (final model)"),
                  Line2D([], [], color="grey", ls="", marker="D", ms=6, mec="black", label="test, flip TTA")]
         if any(isinstance(r.metrics.get("best"), dict) for r in runs):
             style.append(Line2D([], [], color="grey", ls=":", label="best epoch (early stopping)"))
         legend_ax.axis("off")
-        first = legend_ax.legend(handles=handles, loc="upper left", frameon=False, title="runs",
-                                 alignment="left", labelspacing=0.9)
-        legend_ax.add_artist(first)
-        legend_ax.legend(handles=style, loc="lower left", frameon=False, alignment="left")
+        gap = Line2D([], [], ls="", label=" ")
+        legend_ax.legend(handles=handles + [gap] + style, loc="upper left", frameon=False, title="runs",
+                         alignment="left", labelspacing=0.6, borderaxespad=0)
         sf.suptitle("Learning curves", fontweight="bold", x=0.01, ha="left")
-    return 3.9 + max(0, len(runs) - 4) * 0.45, draw
+    lines = sum(len(_legend_label(r).splitlines()) for r in runs) + 6
+    return max(3.9, 0.9 + 0.24 * lines), draw
+
+
+def _legend_label(run: Run) -> str:
+    """The run's name and status, wrapped to fit the legend column."""
+    lines = [run.name] + status(run).replace(" (", "\n(").splitlines()
+    return "\n".join(w for line in lines for w in textwrap.wrap(line, 24))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,8 +127,10 @@ def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
     return np.divide(np.diag(cm), rows, out=np.full(len(cm), np.nan), where=rows > 0)
 
 
-def draw_confusion(ax, cm: np.ndarray, classes: list, title: str) -> None:
-    """Colour = fraction of the true class (row-normalised); each cell shows its count."""
+def draw_confusion(ax, cm: np.ndarray, classes: list, title: str, side: float, ylabel: bool = True,
+                   colorbar: bool = True) -> None:
+    """Colour = fraction of the true class (row-normalised); each cell shows its count. side is
+    the matrix's approximate size in inches, which sets the size of the numbers."""
     k = len(cm)
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
@@ -132,15 +139,18 @@ def draw_confusion(ax, cm: np.ndarray, classes: list, title: str) -> None:
     ax.set_xticks(range(k), classes, rotation=40, ha="right", rotation_mode="anchor", fontsize=label_size)
     ax.set_yticks(range(k), classes, fontsize=label_size)
     ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    if ylabel:
+        ax.set_ylabel("true class")
     ax.set_title(title)
-    if k <= 20:
-        size = 9 if cm.max() < 1000 else 8
+    cell_points = 72 * side / k
+    size = min(9.0, 0.8 * cell_points / (0.6 * len(str(cm.max()))))     # the widest count fits its cell
+    if size >= 5:
         for i in range(k):
             for j in range(k):
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=size,
                         color="white" if frac[i, j] > 0.55 else "black")
-    ax.figure.colorbar(image, ax=ax, shrink=0.8, format=PercentFormatter(1.0), label="share of the true class")
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, shrink=0.8, format=PercentFormatter(1.0), label="share of the true class")
 
 
 def draw_per_class(ax, runs: list) -> None:
@@ -153,11 +163,11 @@ def draw_per_class(ax, runs: list) -> None:
         acc = dict(zip(run.classes, per_class_accuracy(run.confusion)))
         y = np.arange(len(classes)) - 0.4 + width * (i + 0.5)
         values = np.array([acc.get(c, np.nan) for c in classes])
-        bars = ax.barh(y, values, height=width * 0.92, color=colour(i), label=run.name)
+        bars = ax.barh(y, values, height=width * 0.92, color=run.colour, label=run.name)
         if len(runs) * len(classes) <= 40:
             ax.bar_label(bars, [percent(v) for v in values], padding=2, fontsize=8 if len(runs) > 1 else 9)
         overall = np.trace(run.confusion) / max(run.confusion.sum(), 1)
-        ax.axvline(overall, color=colour(i), ls="--", lw=1.2)
+        ax.axvline(overall, color=run.colour, ls="--", lw=1.2)
     ax.set_yticks(range(len(classes)), classes, fontsize=10 if len(classes) <= 12 else max(5, int(120 / len(classes))))
     ax.set_ylim(len(classes) - 0.5, -0.5)
     ax.set_xlim(0, 1.12)
@@ -170,38 +180,44 @@ def draw_per_class(ax, runs: list) -> None:
 
 def confusion_section(runs: list) -> tuple | None:
     """Confusion matrix beside per-class accuracy for one run; for several, their matrices in rows
-    of three and one per-class chart comparing them."""
+    (up to three a row, one colour bar a row) and one per-class chart comparing them."""
     runs = [r for r in runs if r.confusion is not None]
     if not runs:
         return None
     k = max(len(r.confusion) for r in runs)
-    side = min(max(0.42 * k + 2.2, 4.2), 9.0)
     title = "Test set: confusion matrix (rows = true class, normalised per row; counts in the cells)"
 
     if len(runs) == 1:
         run = runs[0]
+        side = min(max(0.42 * k + 2.2, 4.2), 9.0)
 
         def draw(sf):
             cm_ax, bar_ax = sf.subplots(1, 2, width_ratios=[1.25, 1])
+            unit = "rows" if run.image_shape is None else "images"
             draw_confusion(cm_ax, run.confusion, run.classes, f"{run.name}: {percent(_overall(run))} of "
-                                                             f"{run.confusion.sum()} test rows correct")
+                                                             f"{run.confusion.sum()} test {unit} correct", side - 1.8)
             draw_per_class(bar_ax, [run])
             sf.suptitle(title, fontweight="bold", x=0.01, ha="left")
         return side + 0.6, draw
 
-    n_rows = math.ceil(len(runs) / 3)
+    columns = min(len(runs), 3)
+    n_rows = math.ceil(len(runs) / columns)
+    side = min(max(0.42 * k + 2.2, 4.2), 9.0, 15.0 / columns - 0.6)
+    bars = max(2.5, 0.6 + k * (0.1 + 0.15 * len(runs)))
 
     def draw_many(sf):
-        grid = sf.subfigures(n_rows + 1, 1, height_ratios=[side] * n_rows + [0.32 * k * len(runs) ** 0.5 + 1.5])
+        grid = sf.subfigures(n_rows + 1, 1, height_ratios=[side] * n_rows + [bars])
         for r in range(n_rows):
-            axes = np.atleast_1d(grid[r].subplots(1, 3))
-            for ax, run in zip(axes, runs[3 * r: 3 * r + 3]):
-                draw_confusion(ax, run.confusion, run.classes, f"{run.name}: {percent(_overall(run))}")
-            for ax in axes[len(runs[3 * r: 3 * r + 3]):]:
+            row = runs[columns * r: columns * (r + 1)]
+            axes = np.atleast_1d(grid[r].subplots(1, columns))
+            for c, (ax, run) in enumerate(zip(axes, row)):
+                draw_confusion(ax, run.confusion, run.classes, f"{run.name}: {percent(_overall(run))}", side - 1.8,
+                               ylabel=c == 0, colorbar=c == len(row) - 1)
+            for ax in axes[len(row):]:
                 ax.axis("off")
         draw_per_class(grid[-1].subplots(), runs)
         sf.suptitle(title, fontweight="bold", x=0.01, ha="left")
-    return n_rows * side + 0.32 * k * len(runs) ** 0.5 + 2.1, draw_many
+    return n_rows * side + bars + 0.6, draw_many
 
 
 def _overall(run: Run) -> float:
