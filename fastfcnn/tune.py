@@ -267,7 +267,9 @@ def _value(name: str, value, where: str):
 def build_space(user: dict, base: TrainConfig, fixed: set, data, use_defaults: bool = True) -> dict:
     """The space a study searches: the defaults (fitted to the epochs and the data) overridden
     by the user's entries, less the options fixed on the command line; checked against `data`."""
-    epochs = base.epochs
+    epochs_spec = user.get("epochs") if "epochs" not in fixed else None
+    epochs_fixed = epochs_spec is None or epochs_spec["type"] == "fixed"
+    epochs = epochs_spec["value"] if epochs_spec and epochs_fixed else base.epochs
     defaults = parse_space(DEFAULT_SPACE, "default space") if use_defaults else {}
     if "warmup_epochs" in defaults:
         defaults["warmup_epochs"]["high"] = min(3.0, epochs / 4)
@@ -304,17 +306,14 @@ def build_space(user: dict, base: TrainConfig, fixed: set, data, use_defaults: b
         if name == "whiten_dims" and max(vals) > data.n_features:
             raise UserError(f"{where}: whiten_dims must be at most {data.n_features}, the number of input "
                             f"features, got up to {max(vals)}")
-        if name == "warmup_epochs" and "epochs" not in space and max(vals) > epochs:
+        if name == "warmup_epochs" and epochs_fixed and max(vals) > epochs:
             raise UserError(f"{where}: warmup_epochs must be at most --epochs ({epochs}), got up to "
                             f"{show(float(max(vals)))}")
     # The fixed entries and the base must make a valid config on this data.
     probe = base.to_dict() | {k: s["value"] for k, s in space.items() if s["type"] == "fixed"}
-    try:
-        cfg = TrainConfig(**probe)
-        cfg.check()
-        cfg.check_data(data)
-    except UserError as e:
-        raise UserError(f"{where}: {e}") from None
+    cfg = TrainConfig(**probe)
+    cfg.check()
+    cfg.check_data(data)
     return space
 
 
@@ -413,8 +412,7 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRAC
     URL is malformed, its driver missing or its server unreachable."""
     import optuna
     _quiet_optuna()
-    if url.startswith("postgres://"):          # SQLAlchemy only knows postgresql://
-        url = "postgresql://" + url[len("postgres://"):]
+    given, url = url, with_driver(url)
     scheme = url.split(":", 1)[0].lower()
     engine_kwargs = {}
     if scheme.startswith("sqlite"):
@@ -426,11 +424,35 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRAC
                 {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)})
     if heartbeat < 1 or grace < 1:
         raise UserError("--heartbeat and --grace must be at least 1 second")
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=int(heartbeat),
-                                          grace_period=int(grace), **callback)
-    except Exception as e:
-        raise UserError(f"cannot open storage {redact(url)}: {_reason(e)}") from None
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=int(heartbeat),
+                                              grace_period=int(grace), **callback)
+        except Exception as e:
+            if attempt < 3 and _creation_race(e):
+                time.sleep(0.5 + attempt)      # workers started together all create the tables: let one win
+                continue
+            raise UserError(f"cannot open storage {redact(given)}: {_reason(e)}") from None
+
+
+def _creation_race(e: Exception) -> bool:
+    """Whether `e` is another worker creating the same tables, types or rows at the same moment."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    return isinstance(e, (IntegrityError, ProgrammingError)) and any(
+        word in str(e).lower() for word in ("already exists", "duplicate", "unique"))
+
+
+def with_driver(url: str) -> str:
+    """postgres:// and postgresql:// URLs with the PostgreSQL driver that is installed: SQLAlchemy 2.1
+    picks psycopg (3) for a bare postgresql://, fastfcnn[tune] installs psycopg2."""
+    import importlib.util
+
+    if url.startswith("postgres://"):          # SQLAlchemy only knows postgresql://
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
 
 
 def _pruner(name: str, max_epochs: int):
@@ -461,8 +483,15 @@ def open_study(storage, name: str, create: bool = True, trials: int = 20, pruner
     kwargs = {"sampler": _sampler(trials), "pruner": _pruner(pruner, max_epochs)}
     try:
         if create:
-            study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                        load_if_exists=True, **kwargs)
+            for attempt in range(3):
+                try:
+                    study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                                load_if_exists=True, **kwargs)
+                    break
+                except SQLAlchemyError as e:     # another worker creating the same study just now
+                    if attempt == 2 or not _creation_race(e):
+                        raise
+                    time.sleep(0.5)
         else:
             try:
                 study = optuna.load_study(study_name=name, storage=storage, **kwargs)
@@ -488,6 +517,16 @@ def describe_data(data) -> dict:
 def adopt(study, space: dict, base: dict, data_desc: dict) -> list:
     """Record what this study searches on first use; on later use check the data is the same.
     Returns notes to print (a changed space or base options: allowed, the trials will mix)."""
+    for attempt in range(3):
+        try:
+            return _adopt(study, space, base, data_desc)
+        except Exception as e:
+            if attempt == 2 or not _creation_race(e):
+                raise
+            time.sleep(0.5)
+
+
+def _adopt(study, space: dict, base: dict, data_desc: dict) -> list:
     attrs = study.user_attrs
     if "data" not in attrs:
         study.set_user_attr("data", data_desc)
@@ -512,6 +551,15 @@ def adopt(study, space: dict, base: dict, data_desc: dict) -> list:
 
 # ---------------------------------------------------------------------------------------------
 # Trials
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a trial (its checkpoint saved, the trial queued again); exit_code
+    is 130 for SIGINT and 143 for SIGTERM."""
+
+    def __init__(self, exit_code: int = 130):
+        super().__init__()
+        self.exit_code = exit_code
+
 
 class TrialFailed(Exception):
     """A trial that failed by its own fault (a config that cannot work, a bug): recorded as FAIL
@@ -557,31 +605,59 @@ def objective_value(metrics: dict) -> float:
 
 
 class Objective:
-    """Trains one sampled config in STUDY_DIR/trials/NNNN (metrics.json, model.npz and trial.json)."""
+    """Trains one sampled config in STUDY_DIR/trials/NNNN (fit's files, and trial.json).
+
+    A trial that retries one whose worker died (queued by the heartbeat callback) or was stopped
+    (Ctrl-C or SIGTERM: queued here) carries that trial's run_dir; when its checkpoint is there
+    (same machine or a shared folder), the retry copies it and resumes from it.
+    """
 
     def __init__(self, settings: Settings, data):
         self.s = settings
         self.data = without_test(data)
 
     def __call__(self, trial) -> float:
+        import inspect
+        import shutil
+
         import optuna
 
-        from .fit import fit
+        from . import fit as fit_module
+        from .config import resolve
         from .train import Diverged
 
+        fit = fit_module.fit
+        can_resume = "resume" in inspect.signature(fit).parameters
+        interrupted = getattr(fit_module, "RunInterrupted", ())
         run_dir = Path(self.s.study_dir) / "trials" / f"{trial.number:04d}"
+        previous = trial.user_attrs.get("run_dir")          # inherited by a retry
         values = sample(self.s.space, self.s.base, trial)
         trial.set_user_attr("config", values)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("host", f"{socket.gethostname()}:{os.getpid()}")
-        history = []
+        if trial.user_attrs.get("resumed"):            # inherited from the trial this one retries
+            trial.set_user_attr("resumed", None)
+        history, events = [], {"resumed": False, "epochs": 0}
 
         def on_epoch(record):
+            events["epochs"] += 1
             history.append(record)
             trial.report(record["val_accuracy"], record["epoch"])
             if record["epoch"] < values["epochs"] and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {record['epoch']} at "
                                          f"{100 * record['val_accuracy']:.2f}% validation accuracy")
+
+        def on_resume(epoch, pos, notes):
+            events["resumed"] = True
+            try:
+                done = json.loads((run_dir / "metrics.json").read_text()).get("history", [])
+            except (OSError, ValueError):
+                done = []
+            for r in done[:epoch]:
+                history.append(r)
+                if r.get("val_accuracy") is not None:
+                    trial.report(r["val_accuracy"], r["epoch"])
+            trial.set_user_attr("resumed", f"{previous} at epoch {epoch + 1}")
 
         def record(state, value=None, reason=None):
             from .files import save_json
@@ -589,15 +665,29 @@ class Objective:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 save_json(run_dir / "trial.json", {"number": trial.number, "state": state, "value": value,
                                                    "reason": reason, "params": trial.params, "config": values,
+                                                   "resumed_from": trial.user_attrs.get("resumed"),
                                                    "history": history})
             except OSError:
                 pass
 
+        def train(resume: bool):
+            kwargs = {"out_dir": run_dir, "threads": self.s.threads, "on_epoch": on_epoch}
+            if can_resume:
+                kwargs |= {"resume": True, "on_resume": on_resume} if resume else {"force": True}
+            return fit(cfg, self.data, **kwargs)
+
         try:
-            from .config import resolve
             cfg = resolve(None, values)
             cfg.check_data(self.data)
-            result = fit(cfg, self.data, out_dir=run_dir, threads=self.s.threads, on_epoch=on_epoch)
+            resume = can_resume and self._take_checkpoint(previous, run_dir, shutil)
+            try:
+                result = train(resume)
+            except UserError as e:
+                if not resume or events["resumed"] or events["epochs"]:
+                    raise
+                # the checkpoint does not fit this trial (other epochs or data, another version): start afresh
+                trial.set_user_attr("resume_refused", str(e))
+                result = train(False)
         except optuna.TrialPruned as e:
             trial.set_user_attr("pruned", str(e))
             record("pruned", reason=str(e))
@@ -610,10 +700,17 @@ class Objective:
             trial.set_user_attr("error", str(e))
             record("failed", reason=str(e))
             raise TrialFailed(str(e)) from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, *((interrupted,) if interrupted else ())) as e:
+            # Ctrl-C or SIGTERM: fit saved a checkpoint; queue the trial again so that running the
+            # same command resumes it, and stop this worker.
             trial.set_user_attr("interrupted", True)
-            record("interrupted", reason="interrupted")
-            raise
+            record("interrupted", reason="stopped by a signal; queued again with its checkpoint")
+            try:
+                trial.study.enqueue_trial(trial.params, user_attrs={"run_dir": str(run_dir),
+                                                                    "retry_of": trial.number})
+            except Exception:
+                pass
+            raise Stopped(getattr(e, "exit_code", 130)) from None
         except Exception as e:       # a bug or an exhausted machine: keep the study going, say why
             reason = f"{type(e).__name__}: {e}"
             trial.set_user_attr("error", reason)
@@ -623,6 +720,23 @@ class Objective:
         value = objective_value(result.metrics)
         record("complete", value=value)
         return value
+
+    @staticmethod
+    def _take_checkpoint(previous, run_dir: Path, shutil) -> bool:
+        """Copy a retried trial's checkpoint (and its history) into this trial's run directory."""
+        if not previous:
+            return False
+        src = Path(previous)
+        if src.resolve() == run_dir.resolve() or not (src / "checkpoint.npz").is_file():
+            return False
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("checkpoint.npz", "metrics.json"):
+                if (src / name).is_file():
+                    shutil.copyfile(src / name, run_dir / name)
+        except OSError:
+            return False
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,7 +781,7 @@ def worker_loop(settings: Settings, study, data, log=_say) -> None:
         if not waiting_said:
             log(f"{_tag(settings)}waiting for {c['running']} trial(s) running on other workers")
             waiting_said = True
-        time.sleep(max(1, min(settings.heartbeat, 10)))
+        time.sleep(min(2, settings.heartbeat))
 
 
 def _tag(settings: Settings) -> str:
@@ -725,7 +839,11 @@ def write_best(study, study_dir: Path) -> Path | None:
 
 def launch_workers(settings: Settings, k: int, log=_say) -> list:
     """Start k worker processes (each a fresh Python that loads the data and joins the study);
-    returns their exit codes once all have ended."""
+    returns their exit codes once all have ended. Ctrl-C reaches the workers directly (one process
+    group); a SIGTERM to this process is passed on to them. Either way each worker saves its
+    trial's checkpoint and queues the trial again before it exits."""
+    import signal
+
     code = "from fastfcnn.tune import worker_main; worker_main()"
     procs = []
     for i in range(k):
@@ -738,15 +856,33 @@ def launch_workers(settings: Settings, k: int, log=_say) -> list:
         p.stdin.write(json.dumps(asdict(replace(settings, worker=i + 1))))
         p.stdin.close()
         procs.append(p)
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = signal.signal(signal.SIGTERM, forward) if _main_thread() else None
     try:
-        return [p.wait() for p in procs]
-    except KeyboardInterrupt:    # the workers got the same Ctrl-C: let them mark their trials
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:    # the workers got the same Ctrl-C: let them save and queue their trials
         for p in procs:
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                p.terminate()
+                p.kill()
         raise
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+    if any(c in (130, 143, -2, -15) for c in codes):
+        raise Stopped(143 if any(c in (143, -15) for c in codes) else 130)
+    return codes
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 def worker_main() -> None:
@@ -763,8 +899,8 @@ def worker_main() -> None:
     except UserError as e:
         print(f"error: {_tag(settings)}{e}", file=sys.stderr, flush=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        sys.exit(getattr(e, "exit_code", 130))
 
 
 def run_guarded(fn, *args, **kwargs):
@@ -811,9 +947,11 @@ def _duration(trial) -> str:
 def _note(trial) -> str:
     from optuna.trial import TrialState as S
     notes = []
-    retried = trial.system_attrs.get("failed_trial")
+    retried = trial.system_attrs.get("failed_trial", trial.user_attrs.get("retry_of"))
     if retried is not None:
         notes.append(f"retry of #{retried}")
+    if trial.user_attrs.get("resumed"):
+        notes.append(f"resumed {trial.user_attrs['resumed']}")
     if trial.state == S.FAIL:
         ua = trial.user_attrs
         notes.append(ua.get("error") or ("interrupted" if ua.get("interrupted") else "worker lost"))
@@ -839,8 +977,9 @@ def trials_table(study) -> str:
     lines = [f"{'#':>5}  {'state':<9} {'val acc':>8} {'epochs':>6} {'time':>8}  params"]
     for t in ranked(study):
         value = "-" if t.value is None else f"{100 * t.value:.2f}%"
+        params = t.params or t.system_attrs.get("fixed_params") or {}     # a queued trial's are fixed ones
         lines.append(f"{t.number:>5}  {t.state.name.lower():<9} {value:>8} {len(t.intermediate_values):>6} "
-                     f"{_duration(t):>8}  {format_params(t.params)}")
+                     f"{_duration(t):>8}  {format_params(params)}")
         note = _note(t)
         if note:
             lines.append(f"{'':>41}  {note}")

@@ -5,7 +5,7 @@ from typing import Optional
 import typer
 
 from . import app, err, say, user_errors
-from .options import DataDirOption, DataOption, DownloadOption, ImageSizeOption, ThreadsOption, config_options, load
+from .options import DataDirOption, DataOption, DownloadOption, ImageSizeOption, config_options, load
 
 HELP = "\n\n".join([
     "Search training options with Optuna. Each trial trains on the training split and is scored by its "
@@ -34,7 +34,7 @@ WORKERS_HELP = ("Worker processes on this machine, each training one trial at a 
 TUNE_THREADS_HELP = "Kernel threads of each worker. Default: the cores split evenly between the workers."
 
 
-@app.command(help=HELP)
+@app.command(help=HELP, short_help="Search training options with Optuna, on one machine or many sharing a database.")
 @user_errors
 @config_options
 def tune(
@@ -143,9 +143,9 @@ def tune(
             else:
                 codes = T.launch_workers(settings, workers)
                 failed_workers = [i + 1 for i, code in enumerate(codes) if code != 0]
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         err.print("interrupted; run the same command again to resume the study", highlight=False)
-        raise typer.Exit(130)
+        raise typer.Exit(getattr(e, "exit_code", 130))
 
     say(T.run_guarded(T.summary, st))
     best = T.run_guarded(T.write_best, st, study_dir)
