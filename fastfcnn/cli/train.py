@@ -44,8 +44,10 @@ def train(
     from ..errors import UserError
     from ..fit import RunInterrupted, check_out_dir, fit
 
-    source = {"data": None if data is None else str(data), "data_dir": None if data_dir is None else str(data_dir),
-              "image_size": image_size}
+    def absolute(p):          # a resume may start from another working directory
+        return None if p is None else str(Path(p).expanduser().resolve())
+
+    source = {"data": absolute(data), "data_dir": absolute(data_dir), "image_size": image_size}
     if resume is not None:
         if out_dir is not None and out_dir != resume:
             raise UserError("--resume names the run directory; leave out --out (or give the same folder)")
