@@ -281,9 +281,12 @@ def wait_for(predicate, timeout: float, what: str):
 def running_trial(storage, name):
     if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
         return None
+    from sqlalchemy.exc import SQLAlchemyError
     try:
         study = load(storage, name)
     except KeyError:            # the worker has not made the study yet
+        return None
+    except SQLAlchemyError:     # ...or is creating its tables right now (this poll raced it)
         return None
     running = [t for t in study.get_trials() if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2]
     return running[0] if running else None
