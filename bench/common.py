@@ -119,3 +119,84 @@ def epoch_flops(trainer: Trainer) -> int:
     """Matrix-product FLOPs of one epoch (forward, dW, and dX for all but the first layer)."""
     n = len(trainer.train_idx)
     return sum(2 * n * i * o * (3 if l > 0 else 2) for l, (_, i, o) in enumerate(layer_shapes(trainer)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel regions: which of the engine's functions are parallel Numba kernels, and how many of
+# them one step calls. Counted from Python by swapping each kernel for a counting proxy in every
+# module of fastfcnn.kernels that names it (the layer functions are plain Python around the
+# kernels, so their calls go through those module globals); kernels/ itself is not touched.
+
+def parallel_kernels() -> list:
+    """(module, attribute, dispatcher) for every parallel=True Numba function a module of
+    fastfcnn.kernels holds (a kernel appears once per module that imports it)."""
+    import sys
+
+    from numba.core.registry import CPUDispatcher
+
+    import fastfcnn.kernels  # noqa: F401  (loads the submodules)
+    found = []
+    for mod_name, mod in list(sys.modules.items()):
+        if mod is None or not (mod_name == "fastfcnn.kernels" or mod_name.startswith("fastfcnn.kernels.")):
+            continue
+        for attr, value in vars(mod).items():
+            if isinstance(value, CPUDispatcher) and value.targetoptions.get("parallel"):
+                found.append((mod, attr, value))
+    return found
+
+
+def prange_loops(dispatcher) -> int:
+    """prange loops in a kernel's source: the most parallel regions one call opens (a loop under
+    a branch, like gemm_op's packing of a large left operand, opens one only when taken)."""
+    import inspect
+    try:
+        return max(1, inspect.getsource(dispatcher.py_func).count("prange("))
+    except (OSError, TypeError):
+        return 1
+
+
+class _Counting:
+    """Calls the wrapped kernel and counts the call under its name."""
+
+    def __init__(self, dispatcher, counts: dict):
+        self.dispatcher, self.counts = dispatcher, counts
+        self.name = dispatcher.py_func.__name__
+
+    def __call__(self, *args, **kwargs):
+        self.counts[self.name] = self.counts.get(self.name, 0) + 1
+        return self.dispatcher(*args, **kwargs)
+
+
+def count_parallel_calls(fn) -> dict:
+    """Run fn() once with every parallel kernel of fastfcnn.kernels behind a counting proxy;
+    returns {kernel name: calls}. Run fn once before, so nothing compiles while the proxies are in
+    place (a kernel compiled then would see the proxy instead of a Numba function)."""
+    counts: dict = {}
+    swapped = parallel_kernels()
+    proxies = {}
+    try:
+        for mod, attr, disp in swapped:
+            proxy = proxies.setdefault(id(disp), _Counting(disp, counts))
+            setattr(mod, attr, proxy)
+        fn()
+    finally:
+        for mod, attr, disp in swapped:
+            setattr(mod, attr, disp)
+    return counts
+
+
+def region_counts(fn) -> dict:
+    """The parallel kernels fn() calls: {"parallel_kernel_calls": total, "by_kernel": {name:
+    calls}, "prange_loops_max": calls weighted by prange loops per kernel (an upper bound on the
+    parallel regions opened)}."""
+    loops = {d.py_func.__name__: prange_loops(d) for _, _, d in parallel_kernels()}
+    counts = count_parallel_calls(fn)
+    return {"parallel_kernel_calls": sum(counts.values()), "by_kernel": dict(sorted(counts.items())),
+            "prange_loops_max": sum(c * loops.get(k, 1) for k, c in counts.items())}
+
+
+def overhead_trainer(engine: str, data: Dataset, seed: int = 0) -> Trainer:
+    """The seed net at a batch of one image: its step time is the fixed cost of a step."""
+    cfg = TrainConfig(engine=engine, epochs=1, seed=seed, val_size=0.0, warmup_epochs=0.0, lr=0.01,
+                      hidden=NETS["seed"]["hidden"], batch_size=1)
+    return Trainer(cfg, data)

@@ -47,16 +47,34 @@ class TorchTrainer:
         self.batch = trainer.ws.capacity
         self.rng = np.random.default_rng(trainer.cfg.seed)
 
+    def _step(self, idx) -> None:
+        F = self.F
+        xb = (self.x[idx].float() - self.mean) * self.inv_std
+        loss = F.cross_entropy(self.net(xb), self.y[idx])
+        self.opt.zero_grad(set_to_none=False)
+        loss.backward()
+        self.opt.step()
+
     def epoch(self) -> float:
         """Seconds for one pass over the training split."""
-        torch, F = self.torch, self.F
-        order = torch.from_numpy(self.rng.permutation(self.train_idx))
+        order = self.torch.from_numpy(self.rng.permutation(self.train_idx))
         t0 = time.perf_counter()
         for s in range(0, len(order), self.batch):
-            idx = order[s:s + self.batch]
-            xb = (self.x[idx].float() - self.mean) * self.inv_std
-            loss = F.cross_entropy(self.net(xb), self.y[idx])
-            self.opt.zero_grad(set_to_none=False)
-            loss.backward()
-            self.opt.step()
+            self._step(order[s:s + self.batch])
         return time.perf_counter() - t0
+
+    def step_seconds(self, steps: int) -> list:
+        """Seconds of each of `steps` single steps: the fixed cost of a step when the batch is tiny."""
+        order = self.torch.from_numpy(self.rng.permutation(self.train_idx))
+        n, b = len(order), self.batch
+        out = []
+        for s in range(steps):
+            start = (s * b) % max(n - b + 1, 1)
+            idx = order[start:start + b]
+            t0 = time.perf_counter()
+            self._step(idx)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    def set_threads(self, threads: int) -> None:
+        self.torch.set_num_threads(threads)

@@ -36,6 +36,7 @@ def set_threads(threads: int | None, engine: str = "numba") -> int:
         raise UserError(f"--threads must be between 1 and {top} on this machine, got {n}")
     if engine == "numba":
         import numba
+        check_threading_layer()
         numba.set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits
@@ -43,6 +44,75 @@ def set_threads(threads: int | None, engine: str = "numba") -> int:
         return n
     threadpool_limits(n, user_api="blas")
     return n
+
+
+# What NUMBA_THREADING_LAYER accepts: a layer by name, or a property Numba picks a layer for.
+THREADING_LAYERS = ("tbb", "omp", "workqueue")
+THREADING_PURPOSES = ("default", "safe", "threadsafe", "forksafe")
+THREADING_MODULES = {"tbb": "tbbpool", "omp": "omppool", "workqueue": "workqueue"}
+
+
+def loadable_threading_layers() -> list:
+    """The threading layers Numba can load in this environment (tbb needs libtbb.so.12 on the
+    loader's path; omp needs the OpenMP runtime Numba's wheel links; workqueue always loads)."""
+    import importlib
+
+    from numba.np.ufunc import parallel
+
+    found = []
+    for name in THREADING_LAYERS:
+        try:
+            if name == "tbb":
+                parallel._check_tbb_version_compatible()
+            importlib.import_module(f"numba.np.ufunc.{THREADING_MODULES[name]}")
+        except (ImportError, OSError, ValueError):
+            continue
+        found.append(name)
+    return found
+
+
+def check_threading_layer() -> str | None:
+    """Start Numba's threading layer, turning a NUMBA_THREADING_LAYER that names no layer, or a
+    layer that cannot load here (tbb without libtbb.so.12), into a UserError instead of Numba's
+    multi-line ValueError at the first parallel kernel. Returns the layer in force, or None when
+    the user set neither NUMBA_THREADING_LAYER nor NUMBA_THREADING_LAYER_PRIORITY (nothing is
+    started then; Numba picks as usual)."""
+    import sys
+
+    import numba
+    from numba.np.ufunc import parallel
+
+    name = os.environ.get("NUMBA_THREADING_LAYER")
+    if name is None and os.environ.get("NUMBA_THREADING_LAYER_PRIORITY") is None:
+        return None
+    chosen = str(numba.config.THREADING_LAYER).strip().lower()   # what Numba read (default: "default")
+    valid = THREADING_LAYERS + THREADING_PURPOSES
+    if chosen not in valid:
+        raise UserError(f"NUMBA_THREADING_LAYER={name!r} is not a Numba threading layer; use one of "
+                        f"{', '.join(valid)} (loadable here: {', '.join(loadable_threading_layers())})")
+    try:
+        parallel._launch_threads()
+    except (ValueError, ImportError, OSError) as e:
+        reason = " ".join(str(e).split("HINT:")[0].split()).rstrip(".")
+        what = f"the {chosen} threading layer" if chosen in THREADING_LAYERS else f"a threading layer for {chosen!r}"
+        detail = "" if reason.startswith("No threading layer could be loaded") else f" ({reason})"
+        hint = ""
+        if chosen in ("tbb", "safe"):
+            hint = (f"; the tbb layer needs Intel TBB's libtbb.so.12 on the loader's path (pip install tbb, "
+                    f"then LD_LIBRARY_PATH={sys.prefix}/lib)")
+        setting = f"NUMBA_THREADING_LAYER={name!r}" if name is not None else "NUMBA_THREADING_LAYER_PRIORITY"
+        raise UserError(f"{setting}: Numba cannot load {what} here{detail}{hint}; unset it or use one of the "
+                        f"layers loadable here: {', '.join(loadable_threading_layers())}") from None
+    return numba.threading_layer()
+
+
+def threading_layer() -> str | None:
+    """The threading layer Numba runs its parallel kernels on (None before it has started)."""
+    from numba.np.ufunc import parallel
+    try:
+        return parallel.threading_layer()
+    except ValueError:
+        return None
 
 
 def versions(engine: str = "numba") -> dict:
