@@ -228,3 +228,27 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     result = run("train", "--data-dir", root, "--no-download", "--out", tmp_path / "r")
     assert result.exit_code == 1 and "refused" in result.output and "system" in result.output
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("target", ["metrics.json", "best.npz", "predictions.npz"])
+def test_every_save_point_fails_cleanly(tmp_path, npz, monkeypatch, target):
+    """A write that fails at any save point ends in one error naming the file; the checkpoint
+    written before it stays loadable and the run resumes from it."""
+    import fastfcnn.files as files
+    d = tmp_path / "run"
+    real = files._atomic
+
+    def failing(path, write):
+        if path.name == target and (target != "metrics.json" or (d / "model.npz").exists()):
+            raise OSError(errno.EROFS, "Read-only file system")
+        real(path, write)
+
+    monkeypatch.setattr(files, "_atomic", failing)
+    result = run("train", "--data", npz, "--out", d, "--hidden", "8", "--epochs", "2", "--patience", "3", "--quiet")
+    assert result.exit_code == 1
+    assert f"cannot write {d / target}: Read-only file system" in result.output
+    assert "holds the run up to epoch 2" in result.output
+    monkeypatch.setattr(files, "_atomic", real)
+    assert load_checkpoint(d / CHECKPOINT)["state"]["epoch"] == 2
+    assert run("train", "--resume", d, "--epochs", "3").exit_code == 0
+    assert json.loads((d / "metrics.json").read_text())["status"] == "finished"
