@@ -1,4 +1,4 @@
-"""fastfcnn: fully connected networks on CIFAR-10, trained with hand-written parallel Numba kernels."""
+"""fastfcnn: fully connected networks on CPU (CIFAR-10, arrays, image folders, tabular features), trained with hand-written parallel Numba kernels."""
 
 __version__ = "0.1.0"
 

@@ -27,7 +27,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess without
 from . import network
 from .config import TrainConfig, option_fields
 from .data import Dataset, from_arrays
-from .engine import get_engine, max_threads, set_threads
+from .engine import get_engine, max_threads
 from .errors import UserError
 from .fit import fit as fit_run
 from .model import load_model, save_model
@@ -95,15 +95,17 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
         cfg = self._config()
         with _value_errors():
             data = from_arrays(X, codes.reshape(-1), class_names=[str(c) for c in classes], where="X, y")
-            with _threads(self.n_threads, cfg.engine):
+            with _threads(self.n_threads, cfg.engine) as threads:
                 if warm:
                     trainer = Trainer(cfg, data)
-                    continue_from(trainer, self.model_)
+                    trainer.start_from(self.model_)
                     history = trainer.run()
                     model = trainer.best_model() if cfg.patience else trainer.model
                 else:
-                    run = fit_run(cfg, data, threads=self.n_threads)
-                    history, model = run.history, run.best_model or run.model
+                    with _blas_restored():             # fit_run limits BLAS's threads for good
+                        run = fit_run(cfg, data, threads=threads)
+                    history = run.history
+                    model = run.model if run.best_model is None else run.best_model
         self.classes_ = classes
         self._fitted(model, history, append=warm)
         return self
@@ -126,8 +128,11 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
         X, y = self._validate(X, y, reset=first)
         check_classification_targets(y)
         _need_two_classes(known)
-        codes = np.searchsorted(known, y)
-        if not np.array_equal(known[np.minimum(codes, len(known) - 1)], y):
+        try:
+            codes = np.searchsorted(known, y)
+        except TypeError:                           # e.g. int labels for string classes
+            codes = np.zeros(len(y), np.int64) - 1
+        if not np.array_equal(known[np.clip(codes, 0, len(known) - 1)], y):
             raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has {known}. "
                              f"'y' has {unique_labels(y)}.")
         with _value_errors():
@@ -149,12 +154,12 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
         the current weights (and the optimizer moments and generator of the run, when known)."""
         trainer = self.__dict__.get("_trainer")
         if trainer is not None and min(cfg.batch_size, len(data.y_train)) <= trainer.ws.capacity:
-            feed(trainer, data)
+            trainer.feed(data)
             return trainer
         state = self._resume_state()
         trainer = Trainer(cfg, data)
         if hasattr(self, "model_"):
-            continue_from(trainer, self.model_, state)
+            trainer.start_from(self.model_, state)
         self.__dict__.pop("_resume", None)
         return trainer
 
@@ -275,7 +280,7 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
         """Picklable state: a partial-fit Trainer holds Numba workspaces and the last call's data,
         so only what continues the run is kept (its options, optimizer moments, generator, epoch);
         the next partial_fit rebuilds the Trainer around the weights in model_."""
-        state = super().__getstate__()
+        state = dict(super().__getstate__())       # object.__getstate__ is the live __dict__
         trainer = state.pop("_trainer", None)
         if trainer is not None:
             state["_resume"] = partial_state(trainer)
@@ -301,35 +306,6 @@ class _Inputs:
         return cls(shape, math.prod(shape))
 
 
-def continue_from(trainer: Trainer, model, state: dict | None = None) -> None:
-    """Make a new Trainer continue from `model`: its weights (copied into the trainer's own
-    parameter arrays, which the optimizer and workspace hold), its input normalisation and
-    whitening and, from `state` (partial_state), the optimizer moments, generator and epoch."""
-    t = trainer
-    m = t.model
-    if (m.sizes, m.image_shape, m.whiten is None, m.class_names) != \
-            (model.sizes, model.image_shape, model.whiten is None, model.class_names):
-        raise ValueError(f"cannot continue training the fitted net (layers {model.sizes}) with these options and "
-                         f"data (layers {m.sizes}): the layer sizes, input layout, whitening or classes differ; "
-                         f"set warm_start=False or keep them")
-    for dst, src in zip(t.params, model.weights + model.biases):
-        np.copyto(dst, src)
-    m.mean, m.std, m.whiten, m.whiten_bias = model.mean, model.std, model.whiten, model.whiten_bias
-    t.x_norm = m.input_transform()
-    if state is not None:
-        t.opt, t.rng, t.epoch = state["opt"], state["rng"], state["epoch"]
-
-
-def feed(trainer: Trainer, data: Dataset) -> None:
-    """Point a partial-fit Trainer (no validation split) at new training rows of the same layout;
-    its workspace must hold min(batch_size, rows) rows."""
-    n = len(data.y_train)
-    trainer.data = data
-    trainer.train_idx = np.arange(n, dtype=np.int64)
-    trainer.val_idx = np.empty(0, np.int64)
-    trainer.steps_per_epoch = math.ceil(n / trainer.ws.capacity)
-
-
 def partial_state(trainer: Trainer) -> dict:
     """What a partial-fit run carries besides the weights."""
     return {"cfg": trainer.cfg, "opt": trainer.opt, "rng": trainer.rng, "epoch": trainer.epoch}
@@ -337,23 +313,37 @@ def partial_state(trainer: Trainer) -> dict:
 
 @contextmanager
 def _threads(n_threads, engine: str):
-    """n_threads kernel (and BLAS) threads for one call, restored afterwards. Numba's count is
-    per calling thread, BLAS's per process; scikit-learn's threadpoolctl restores the latter."""
-    from threadpoolctl import threadpool_limits
+    """n_threads threads for one call, restored afterwards; yields the count in force (more than
+    the cores means all cores, so a grid tuned on a bigger machine still runs).
 
+    The numba engine's count is Numba's, per calling thread; the numpy engine's is BLAS's, per
+    process. Only the engine's own pool is touched: threadpoolctl scans the loaded libraries on
+    every call (about 5 ms), too slow for predicting a few rows at a time.
+    """
     if n_threads is not None and not (isinstance(n_threads, numbers.Integral) and n_threads >= 1):
         raise ValueError(f"n_threads must be a positive number of threads or None (all cores), got {n_threads!r}")
-    numba = None
-    if engine == "numba":
-        import numba
-        before = numba.get_num_threads()
-    with threadpool_limits(limits=None):
-        try:
-            set_threads(None if n_threads is None else min(int(n_threads), max_threads(engine)), engine)
-            yield
-        finally:
-            if numba is not None:
-                numba.set_num_threads(before)
+    top = max_threads(engine)
+    n = top if n_threads is None else min(int(n_threads), top)
+    if engine != "numba":
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(n, user_api="blas"):
+            yield n
+        return
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(before)
+
+
+@contextmanager
+def _blas_restored():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=None):     # records the pools' sizes, restores them on exit
+        yield
 
 
 @contextmanager
@@ -452,8 +442,8 @@ The training options are those of `fastfcnn train` (fastfcnn.config.TrainConfig)
 same names and defaults (hidden is a tuple here: a list default would be shared and mutable).
 {_parameters_doc()}
     n_threads : int or None, default=None
-        Kernel threads for fit and predict (None: every core). Numba's thread count is set for
-        each call and restored after it. With joblib (n_jobs > 1 in GridSearchCV or
+        Kernel threads for fit and predict (None, or more than there are: every core). Numba's
+        thread count is set for each call and restored after it. With joblib (n_jobs > 1 in GridSearchCV or
         cross_val_score) keep n_jobs * n_threads at most the number of cores.
     random_state : int, RandomState or None, default=None
         When not None it replaces `seed`: an int is the seed, a RandomState draws one at each
@@ -471,10 +461,12 @@ Unlike MLPClassifier, val_size (0.1) is held out even without early stopping, ex
 With patience > 0 the weights of the best validation epoch are kept (improvement means a higher
 validation accuracy; there is no tol).
 
-partial_fit runs one epoch over the rows it is given with {PARTIAL_FIT_OPTIONS}
-(the other options as set) and keeps the optimizer's moments between calls, also across pickling
-(only the shuffling generator's position is kept with them); after fit or load it starts new
-moments from the fitted weights.
+partial_fit runs one epoch over the rows it is given with
+{", ".join(f"{k}={v!r}" for k, v in PARTIAL_FIT_OPTIONS.items())}
+(the other options as set when its run starts). Between calls it keeps the optimizer's moments
+and the shuffling generator, also across pickling and deepcopy: n calls on the same rows train
+exactly as fit with epochs=n and those options. After fit or load it starts new moments from the
+fitted weights.
 
 Attributes
 ----------
@@ -493,7 +485,7 @@ n_iter_ : int
 loss_curve_ : list of float
     Training loss of each epoch.
 validation_scores_ : list of float or None
-    Validation accuracy of each epoch (None without a validation split).
+    Validation accuracy of each epoch that had a validation split (None: none had).
 best_validation_score_ : float or None
     With early stopping (patience > 0), the validation accuracy of the weights kept.
 """

@@ -90,6 +90,35 @@ class Trainer:
         self.epoch, self.stopped = 0, False
         self.order, self.pos, self.loss_sum, self.correct, self.seconds = None, 0, 0.0, 0, 0.0
 
+    def start_from(self, model, state: dict | None = None) -> None:
+        """Continue from `model` instead of the fresh initialisation: its weights (copied into this
+        trainer's own parameter arrays, which the optimizer and workspace hold), its input
+        normalisation and whitening and, from `state` ({"opt", "rng", "epoch"}), the optimizer
+        state, the generator and the epoch count (FCNNClassifier's warm_start and partial_fit)."""
+        m = self.model
+        if (m.sizes, m.image_shape, m.whiten is None, m.class_names) != \
+                (model.sizes, model.image_shape, model.whiten is None, model.class_names):
+            raise ValueError(f"cannot continue training the fitted net (layers {model.sizes}) with these options and "
+                             f"data (layers {m.sizes}): the layer sizes, input layout, whitening or classes differ; "
+                             f"set warm_start=False or keep them")
+        for dst, src in zip(self.params, model.weights + model.biases):
+            np.copyto(dst, src)
+        m.mean, m.std, m.whiten, m.whiten_bias = model.mean, model.std, model.whiten, model.whiten_bias
+        self.x_norm = m.input_transform()
+        if state is not None:
+            self.opt, self.rng, self.epoch = state["opt"], state["rng"], state["epoch"]
+
+    def feed(self, data) -> None:
+        """Train on new rows of the same layout from the next epoch on, all of them (no validation
+        split); the workspace must hold min(batch_size, rows) rows (partial_fit)."""
+        n = len(data.y_train)
+        if min(self.cfg.batch_size, n) > self.ws.capacity:
+            raise ValueError(f"a batch of {min(self.cfg.batch_size, n)} rows does not fit this trainer's workspace")
+        self.data = data
+        self.train_idx = np.arange(n, dtype=np.int64)
+        self.val_idx = np.empty(0, np.int64)
+        self.steps_per_epoch = math.ceil(n / self.ws.capacity)
+
     @property
     def grads_w(self) -> list:
         return self.grads[: len(self.model.weights)]
