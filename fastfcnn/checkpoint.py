@@ -65,7 +65,9 @@ def load_checkpoint(path: Path) -> dict:
         if "state" not in files:
             raise UserError(f"not a fastfcnn checkpoint: {path} (no state)")
         state = json.loads(str(z["state"]))
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
+        if not isinstance(state, dict):
+            raise UserError(f"not a fastfcnn checkpoint: {path} (its state is not an object)")
+        if state.get("format") != FORMAT:
             raise UserError(f"not a fastfcnn checkpoint: {path} (format {state.get('format')!r}, "
                             f"this fastfcnn reads {FORMAT})")
         model = model_from_arrays({k[6:]: z[k] for k in files if k.startswith("model/")}, path)

@@ -11,10 +11,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import UserError
+from .schedule import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 CROP_MODES = ("reflect", "zero")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
 WHITENINGS = ("none", "zca", "pca")
 ENGINES = ("numba", "numpy")
 
@@ -200,9 +200,12 @@ def resolve(preset: str | None = None, config: dict | None = None, explicit: dic
     chosen = dict(PRESETS[preset]) if preset else {}
     chosen |= config or {}
     chosen |= {k: v for k, v in from_dict(explicit or {}).items() if v is not None}
-    for f in fields(TrainConfig):      # people write 1 where a float is meant; JSON keeps it an int
-        if f.type == "float" and type(chosen.get(f.name)) is int:
-            chosen[f.name] = float(chosen[f.name])
+    for f in fields(TrainConfig):      # people write 1 where a float is meant, and 2.0 for an int
+        value = chosen.get(f.name)
+        if f.type == "float" and type(value) is int:
+            chosen[f.name] = float(value)
+        elif f.type == "int" and type(value) is float and value.is_integer():
+            chosen[f.name] = int(value)
     cfg = TrainConfig(**chosen)
     cfg.check()
     return cfg

@@ -46,10 +46,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temporaries(folder: Path) -> list:
-    """Delete the temporary files that a killed _atomic write left in `folder`; returns their names."""
+def remove_stale_temporaries(folder: Path, names) -> list:
+    """Delete the temporary files that a killed _atomic write of one of `names` left in `folder`;
+    returns their names. Other files, even ones that look alike, are left alone."""
     removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
+    for tmp in (t for name in names for t in Path(folder).glob(f".{name}.*.tmp")):
         try:
             tmp.unlink()
             removed.append(tmp.name)
@@ -83,4 +84,7 @@ def read_npz(path: Path, what: str, read):
     except UserError:
         raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as e:
-        raise UserError(f"not a readable {what}: {path} ({e})") from None
+        reason = str(e)
+        if "allow_pickle" in reason or "pickle" in reason.lower():   # not numpy's advice to load it unsafely
+            reason = "it is not an .npz archive of plain arrays"
+        raise UserError(f"not a readable {what}: {path} ({reason})") from None

@@ -6,6 +6,7 @@ directory when given one. The CLI, the scikit-learn estimator and the tuner all 
 """
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import threading
@@ -44,8 +45,9 @@ class RunResult:
 RUN_FILES = ("model.npz", "best.npz", "checkpoint.npz", "metrics.json", "predictions.npz")
 
 
-class RunInterrupted(Exception):
-    """A signal stopped the run; its checkpoint is saved. exit_code: 130 for SIGINT, 143 for SIGTERM."""
+class RunInterrupted(KeyboardInterrupt):
+    """A signal stopped the run; its checkpoint is saved. exit_code: 130 for SIGINT, 143 for SIGTERM.
+    A KeyboardInterrupt, so callers that catch Exception (scikit-learn's cross-validation) stop too."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
@@ -106,7 +108,8 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
         Recorded in metrics.json when the options came from a preset.
     resume : bool
         Continue the run whose checkpoint is in out_dir. The data must be the same, and so must
-        every option except epochs (raising it stretches the learning-rate schedule from here).
+        every option except epochs, which may change but not drop below the epoch the run has
+        reached (the learning-rate schedule is stretched or shortened from there).
     force : bool
         Start afresh in an out_dir that holds another run, deleting that run's files.
     data_source : dict, optional
@@ -141,7 +144,7 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
             while trainer.epoch < config.epochs and not trainer.stopped:
                 trainer.run_epoch()
                 run.save_progress("running")
-                if stop.requested():
+                if stop.requested() and trainer.epoch < config.epochs and not trainer.stopped:
                     raise Interrupted(trainer.epoch + 1, 0)
         except Interrupted as e:
             run.save_progress("interrupted")
@@ -149,9 +152,11 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
                                  143 if stop.signal == signal.SIGTERM else 130) from None
         except Diverged as e:
             run.save_diverged(e)
-
-    best = trainer.best_model() if config.patience else None
-    run.save_models(best)                        # the weights are safe before any evaluation runs
+        # Training is over: a signal from here on waits until the models are saved.
+        best = trainer.best_model() if config.patience else None
+        run.save_models(best)
+    if stop.requested():
+        raise RunInterrupted(finished_message(stop.signal, out_dir), 143 if stop.signal == signal.SIGTERM else 130)
     history = trainer.history
     flip_tta = config.flip and data.image_shape is not None
     final = {"model": "model.npz", "epoch": len(history), "val_accuracy": history[-1]["val_accuracy"]}
@@ -213,7 +218,7 @@ class RunFiles:
         ckpt = self.out_dir / CHECKPOINT
         if not ckpt.exists():
             raise e
-        raise Diverged(f"{e}. The last good checkpoint (epoch {self.trainer.epoch}) stays in {ckpt}") from None
+        raise Diverged(f"{e}. The last good checkpoint (epoch {len(self.trainer.history)}) stays in {ckpt}") from None
 
     def save_models(self, best) -> None:
         if self.out_dir is None:
@@ -247,6 +252,14 @@ def write(path: Path, save, out_dir: Path, trainer) -> None:
         raise UserError(f"cannot write {path}: {e.strerror or e}; {safe}") from None
 
 
+def finished_message(signum, out_dir: Path | None) -> str:
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    if out_dir is None:
+        return f"{name}: stopped after training, before the test evaluation"
+    return (f"{name}: training had finished and {out_dir / 'model.npz'} is saved; the test evaluation was "
+            f"skipped. Finish it with: fastfcnn train --resume {shlex.quote(str(out_dir))}")
+
+
 def interrupted_message(signum, e: Interrupted, out_dir: Path | None) -> str:
     name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
     where = f"in epoch {e.epoch} before step {e.step + 1}" if e.step else f"at the start of epoch {e.epoch}"
@@ -261,7 +274,7 @@ def claim_run_dir(out_dir: Path, force: bool) -> None:
     in any case remove temporary files that a killed save left there."""
     if not out_dir.is_dir():
         return
-    remove_stale_temporaries(out_dir)
+    remove_stale_temporaries(out_dir, RUN_FILES)
     present = [name for name in RUN_FILES if (out_dir / name).exists()]
     if not present:
         return
@@ -270,6 +283,16 @@ def claim_run_dir(out_dir: Path, force: bool) -> None:
                         f"--resume {out_dir}, or start over there with --force (deletes those files)")
     for name in present:
         (out_dir / name).unlink()
+
+
+def finalised(out_dir: Path) -> bool:
+    """Whether the run in out_dir got as far as its final metrics (training done, model saved,
+    test set evaluated); a run interrupted after training, or whose final write failed, did not."""
+    try:
+        status = json.loads((out_dir / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return status == "finished" and (out_dir / "model.npz").exists()
 
 
 def check_resumable(state: dict, config: TrainConfig, data: Dataset, threads: int, out_dir: Path) -> list:
@@ -288,15 +311,19 @@ def check_resumable(state: dict, config: TrainConfig, data: Dataset, threads: in
         raise UserError(f"cannot resume {out_dir}: it was written by fastfcnn {state.get('version')}, "
                         f"this is {versions()['fastfcnn']}")
     notes = []
-    if state.get("stopped"):
-        raise UserError(f"{out_dir} holds a run that early stopping ended at epoch {state['epoch']}; "
-                        f"there is nothing to continue")
-    if state["epoch"] >= config.epochs and state["pos"] == 0:
-        raise UserError(f"{out_dir} holds a finished run of {state['epoch']} epochs; pass --epochs above "
-                        f"{state['epoch']} to train on")
+    reached = state["epoch"] + (1 if state["pos"] else 0)       # an interrupted epoch counts
+    if config.epochs < reached:
+        raise UserError(f"cannot resume {out_dir} with --epochs {config.epochs}: the run has reached epoch "
+                        f"{reached} already")
+    over = state.get("stopped") or (state["epoch"] >= config.epochs and state["pos"] == 0)
+    if over and finalised(out_dir):
+        why = (f"early stopping ended it at epoch {state['epoch']}" if state.get("stopped")
+               else f"it ran all {state['epoch']} epochs")
+        more = "" if state.get("stopped") else f"; pass --epochs above {state['epoch']} to train on"
+        raise UserError(f"{out_dir} holds a finished run ({why}){more}")
     if config.epochs != saved["epochs"]:
-        notes.append(f"--epochs {saved['epochs']} -> {config.epochs}: the learning-rate schedule is stretched "
-                     f"from here")
+        how = "stretched" if config.epochs > saved["epochs"] else "shortened"
+        notes.append(f"--epochs {saved['epochs']} -> {config.epochs}: the learning-rate schedule is {how} from here")
     if state.get("threads") not in (None, threads):
         notes.append(f"the run used {state['threads']} threads and this resume {threads}: the result will not be "
                      f"bit-identical to an uninterrupted run")
@@ -323,8 +350,9 @@ def test_predictions(E, model: Model, data: Dataset) -> dict | None:
             "probs": probs}
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
     """(n_classes, n_classes) int64 counts: row = true class, column = predicted class."""
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
     return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 

@@ -64,9 +64,13 @@ def test_config_file_keys_are_checked(tmp_path):
     path.write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         read_config_file(path)
-    path.write_text(json.dumps({"lr": 1, "warmup_epochs": 0, "hidden": [8]}))
+    path.write_text(json.dumps({"lr": 1, "warmup_epochs": 0, "hidden": [8], "epochs": 3.0}))
     cfg = resolve(None, read_config_file(path), {})
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.hidden == [8]
+    assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
+    path.write_text(json.dumps({"epochs": 2.5}))
+    with pytest.raises(UserError, match="--epochs must be a int, got 2.5"):
+        resolve(None, read_config_file(path), {})
 
 
 @pytest.fixture(scope="module")

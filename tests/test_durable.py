@@ -141,12 +141,14 @@ def test_resume_refuses_other_options_and_other_data_and_allows_more_epochs(tmp_
     result = run("train", "--resume", d, "--lr", "0.1")
     assert result.exit_code == 1 and "--lr 0.05 -> 0.1" in result.output
     result = run("train", "--resume", d)
-    assert result.exit_code == 1 and "finished run of 2 epochs" in result.output
+    assert result.exit_code == 1 and "finished run (it ran all 2 epochs)" in result.output
     other = tmp_path / "other.npz"
     with np.load(npz) as z:
         np.savez(other, **{k: z[k] for k in z.files} | {"y_train": z["y_train"][::-1]})
     result = run("train", "--resume", d, "--data", other, "--epochs", "3")
     assert result.exit_code == 1 and "other data" in result.output and "labels_sha256" in result.output
+    result = run("train", "--resume", d, "--epochs", "1")
+    assert result.exit_code == 1 and "the run has reached epoch 2 already" in result.output
     result = run("train", "--resume", d, "--epochs", "3")
     assert result.exit_code == 0, result.output
     assert "stretched" in result.output
@@ -168,10 +170,13 @@ def test_failed_final_save_keeps_the_checkpoint_and_resumes(tmp_path, npz, monke
     assert "holds the run up to epoch 2" in result.output and "--resume" in result.output
     monkeypatch.setattr(fit_module, "save_model", real)
     assert load_checkpoint(d / CHECKPOINT)["state"]["epoch"] == 2
-    # the run is complete in its checkpoint: one more epoch from it writes the model
-    result = run("train", "--resume", d, "--epochs", "3")
+    # training is complete in the checkpoint: resuming only saves and evaluates, as the message says
+    result = run("train", "--resume", d)
     assert result.exit_code == 0, result.output
-    assert (d / "model.npz").exists()
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert (d / "model.npz").exists() and metrics["status"] == "finished" and len(metrics["history"]) == 2
+    result = run("train", "--resume", d)
+    assert result.exit_code == 1 and "holds a finished run" in result.output
 
 
 def test_failed_checkpoint_write_leaves_the_previous_one(tmp_path, npz, monkeypatch):
@@ -207,6 +212,8 @@ def test_second_signal_while_saving_is_recorded_not_raised():
     (lambda p: p.write_bytes(b"garbage"), "not a readable fastfcnn checkpoint"),
     (lambda p: np.savez(p, state=np.array(json.dumps({"format": 9}))), "format 9"),
     (lambda p: np.savez(p, x=np.zeros(2)), "no state"),
+    (lambda p: np.savez(p, state=np.array("[1, 2]")), "its state is not an object"),
+    (lambda p: np.savez(p, state=np.array([{"a": 1}], dtype=object)), "not an .npz archive of plain arrays"),
 ])
 def test_malformed_checkpoints_are_one_clear_error(tmp_path, damage, message):
     p = tmp_path / CHECKPOINT
@@ -250,5 +257,56 @@ def test_every_save_point_fails_cleanly(tmp_path, npz, monkeypatch, target):
     assert "holds the run up to epoch 2" in result.output
     monkeypatch.setattr(files, "_atomic", real)
     assert load_checkpoint(d / CHECKPOINT)["state"]["epoch"] == 2
-    assert run("train", "--resume", d, "--epochs", "3").exit_code == 0
+    assert run("train", "--resume", d).exit_code == 0          # what the message advised
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and len(metrics["history"]) == 2
+
+
+def test_a_signal_after_the_last_epoch_saves_the_model_and_resume_finishes(tmp_path, npz, monkeypatch):
+    """Ctrl-C during the last epoch's validation: training is complete, so the model is saved,
+    the test evaluation is skipped, and --resume only evaluates."""
+    from fastfcnn import train as train_module
+    d = tmp_path / "run"
+    real = train_module.Trainer.validate
+    calls = []
+
+    def validate_then_ctrl_c(self):
+        calls.append(1)
+        if len(calls) == 2:                      # the last (second) epoch's validation
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self)
+
+    monkeypatch.setattr(train_module.Trainer, "validate", validate_then_ctrl_c)
+    result = run("train", "--data", npz, "--out", d, "--hidden", "8", "--epochs", "2", "--quiet")
+    assert result.exit_code == 130
+    assert "model.npz is saved" in result.output and "--resume" in result.output
+    assert (d / "model.npz").exists() and json.loads((d / "metrics.json").read_text())["status"] == "running"
+    monkeypatch.setattr(train_module.Trainer, "validate", real)
+    result = run("train", "--resume", d)
+    assert result.exit_code == 0, result.output
     assert json.loads((d / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    from fastfcnn.cli.train import default_run_dir
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda fmt: "20260101-000000")
+    folders = [default_run_dir() for _ in range(3)]
+    assert [f.name for f in folders] == ["20260101-000000", "20260101-000000-2", "20260101-000000-3"]
+    assert all(f.is_dir() for f in folders)
+
+
+def test_sklearn_cross_validation_stops_on_ctrl_c():
+    from fastfcnn.fit import RunInterrupted
+    assert issubclass(RunInterrupted, KeyboardInterrupt) and not issubclass(RunInterrupted, Exception)
+
+
+def test_only_run_files_temporaries_are_removed(tmp_path):
+    from fastfcnn.files import remove_stale_temporaries
+    from fastfcnn.fit import RUN_FILES
+    mine = tmp_path / ".notes.backup.tmp"
+    stale = tmp_path / ".model.npz.x1y2.tmp"
+    for p in (mine, stale):
+        p.write_text("x")
+    assert remove_stale_temporaries(tmp_path, RUN_FILES) == [stale.name]
+    assert mine.exists()

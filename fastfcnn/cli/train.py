@@ -117,12 +117,20 @@ def train(
 
 
 def default_run_dir() -> Path:
-    """runs/<date>-<time>, with a suffix if that folder exists: every run gets its own folder."""
+    """A new folder runs/<date>-<time> (with a suffix -2, -3, ... if taken), created here, so two
+    runs started in the same second never share one."""
     import time
 
+    from ..errors import UserError
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, k = Path("runs") / stamp, 1
-    while path.exists():
-        k += 1
-        path = Path("runs") / f"{stamp}-{k}"
-    return path
+    for k in range(1, 1000):
+        path = Path("runs") / (stamp if k == 1 else f"{stamp}-{k}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"cannot create the run folder {path}: {e.strerror or e}; pass --out") from None
+    raise UserError(f"runs/{stamp}-* are all taken; pass --out")

@@ -50,11 +50,11 @@ def load_data(path: Path | str | None = None, data_dir: Path | str | None = None
     official archive).
     image_size (height, width) resizes the images of an image folder.
     """
+    if image_size is not None and (path is None or not (Path(path).expanduser() / "train").is_dir()):
+        raise UserError(f"--image-size applies to image folders; {path or 'CIFAR-10'} is not one")
     if path is None:
         return load_cifar10(resolve_data_dir(data_dir), download=download)
     path = Path(path).expanduser()
-    if image_size is not None and not (path.is_dir() and (path / "train").is_dir()):
-        raise UserError(f"--image-size applies to image folders; {path} is not one")
     if path.is_file():
         if path.name.lower().endswith((".tar.gz", ".tgz")):
             return load_cifar10_archive(path)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import read_npz
+from ..fit import confusion_matrix
 
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_accuracy")
 OPTIONAL_HISTORY_KEYS = ("val_loss", "val_accuracy")
@@ -170,11 +171,6 @@ def _predictions(file: Path, run: Run) -> dict | None:
         return None
     return preds
 
-
-def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
-    """(K, K) counts, row = true class, column = predicted class (as fastfcnn.fit computes it)."""
-    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
-    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import traceback
 from dataclasses import dataclass, replace
@@ -81,9 +82,6 @@ class Objective:
         self.data = without_test(data)
 
     def __call__(self, trial) -> float:
-        import inspect
-        import shutil
-
         import optuna
 
         from .. import fit as fit_module
@@ -91,8 +89,6 @@ class Objective:
         from ..train import Diverged
 
         fit = fit_module.fit
-        can_resume = "resume" in inspect.signature(fit).parameters
-        interrupted = getattr(fit_module, "RunInterrupted", ())
         run_dir = Path(self.s.study_dir) / "trials" / f"{trial.number:04d}"
         previous = trial.user_attrs.get("run_dir")          # inherited by a retry
         values = sample(self.s.space, self.s.base, trial)
@@ -135,15 +131,13 @@ class Objective:
                 pass
 
         def train(resume: bool):
-            kwargs = {"out_dir": run_dir, "threads": self.s.threads, "on_epoch": on_epoch}
-            if can_resume:
-                kwargs |= {"resume": True, "on_resume": on_resume} if resume else {"force": True}
-            return fit(cfg, self.data, **kwargs)
+            kwargs = {"resume": True, "on_resume": on_resume} if resume else {"force": True}
+            return fit(cfg, self.data, out_dir=run_dir, threads=self.s.threads, on_epoch=on_epoch, **kwargs)
 
         try:
             cfg = resolve(None, values)
             cfg.check_data(self.data)
-            resume = can_resume and self._take_checkpoint(previous, run_dir, shutil)
+            resume = self._take_checkpoint(previous, run_dir)
             try:
                 result = train(resume)
             except UserError as e:
@@ -164,7 +158,7 @@ class Objective:
             trial.set_user_attr("error", str(e))
             record("failed", reason=str(e))
             raise TrialFailed(str(e)) from None
-        except (KeyboardInterrupt, *((interrupted,) if interrupted else ())) as e:
+        except KeyboardInterrupt as e:   # fit's RunInterrupted is one
             # Ctrl-C or SIGTERM: fit saved a checkpoint; queue the trial again so that running the
             # same command resumes it, and stop this worker.
             trial.set_user_attr("interrupted", True)
@@ -186,7 +180,7 @@ class Objective:
         return value
 
     @staticmethod
-    def _take_checkpoint(previous, run_dir: Path, shutil) -> bool:
+    def _take_checkpoint(previous, run_dir: Path) -> bool:
         """Copy a retried trial's checkpoint (and its history) into this trial's run directory."""
         if not previous:
             return False

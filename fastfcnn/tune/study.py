@@ -152,8 +152,9 @@ def open_study(storage, name: str, create: bool = True, trials: int = 20, pruner
 
 
 def describe_data(data) -> dict:
-    return {"kind": data.kind, "image_shape": None if data.image_shape is None else list(data.image_shape),
-            "n_features": int(data.n_features), "n_train": int(len(data.y_train)), "classes": list(data.class_names)}
+    """What a study records of its data, so that a worker on other data is refused."""
+    from ..fit import describe_data as describe
+    return describe(data) | {"n_train": int(len(data.y_train))}
 
 
 def adopt(study, space: dict, base: dict, data_desc: dict) -> list:
