@@ -10,7 +10,9 @@ import numpy as np
 from .errors import UserError
 
 
-def _atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
+    """write(f) into a temporary file beside `path` (usual permissions), fsync it, rename it over
+    `path`, and fsync the folder: readers see the old file or the new one, never a part."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -47,7 +49,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def remove_stale_temporaries(folder: Path, names) -> list:
-    """Delete the temporary files that a killed _atomic write of one of `names` left in `folder`;
+    """Delete the temporary files that a killed write_atomic of one of `names` left in `folder`;
     returns their names. Other files, even ones that look alike, are left alone."""
     removed = []
     for tmp in (t for name in names for t in Path(folder).glob(f".{name}.*.tmp")):
@@ -61,12 +63,12 @@ def remove_stale_temporaries(folder: Path, names) -> list:
 
 def save_npz(path: Path, arrays: dict) -> None:
     """np.savez `arrays` to `path` through a temporary file in the same directory."""
-    _atomic(path, lambda f: np.savez(f, **arrays))
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def save_json(path: Path, obj) -> None:
     """Write `obj` as indented JSON to `path` through a temporary file in the same directory."""
-    _atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    write_atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def read_npz(path: Path, what: str, read):

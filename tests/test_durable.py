@@ -243,19 +243,19 @@ def test_every_save_point_fails_cleanly(tmp_path, npz, monkeypatch, target):
     written before it stays loadable and the run resumes from it."""
     import fastfcnn.files as files
     d = tmp_path / "run"
-    real = files._atomic
+    real = files.write_atomic
 
     def failing(path, write):
         if path.name == target and (target != "metrics.json" or (d / "model.npz").exists()):
             raise OSError(errno.EROFS, "Read-only file system")
         real(path, write)
 
-    monkeypatch.setattr(files, "_atomic", failing)
+    monkeypatch.setattr(files, "write_atomic", failing)
     result = run("train", "--data", npz, "--out", d, "--hidden", "8", "--epochs", "2", "--patience", "3", "--quiet")
     assert result.exit_code == 1
     assert f"cannot write {d / target}: Read-only file system" in result.output
     assert "holds the run up to epoch 2" in result.output
-    monkeypatch.setattr(files, "_atomic", real)
+    monkeypatch.setattr(files, "write_atomic", real)
     assert load_checkpoint(d / CHECKPOINT)["state"]["epoch"] == 2
     assert run("train", "--resume", d).exit_code == 0          # what the message advised
     metrics = json.loads((d / "metrics.json").read_text())

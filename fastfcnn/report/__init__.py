@@ -11,8 +11,6 @@ only (never pyplot), so nothing opens a window and no global figure state is tou
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..errors import UserError
+from ..files import write_atomic
 from .bench import bench_section
 from .load import Run, bench_problem, confusion_matrix, load_bench, load_run, load_runs, test_images
 from .runs import confusion_section, curves_section, describe, mistakes_section
@@ -116,27 +115,18 @@ def output_format(path: Path | str) -> str:
 
 def save_figure(path: Path | str, fig: Figure, dpi: float = 100) -> Path:
     """Save `fig` as PNG, SVG or PDF (by extension) through a temporary file in the same folder
-    then a rename, so a failure never leaves a half-written picture. The file gets the usual
-    permissions (0666 less the umask), not the private 0600 of a temporary file."""
+    then a rename (files.write_atomic), so a failure never leaves a half-written picture."""
     path = Path(path)
     fmt = output_format(path)
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)   # reproducible files
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, matplotlib.rc_context(STYLE):
+    def write(f):
+        with matplotlib.rc_context(STYLE):
             if fmt == "png":
                 _write_png(f, fig, dpi)
             else:
                 fig.savefig(f, format=fmt, metadata=metadata, facecolor="white")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, write)
     return path
 
 
