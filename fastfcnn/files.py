@@ -79,9 +79,10 @@ def read_npz(path: Path, what: str, read):
     if not path.is_file():
         raise UserError(f"{what} file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError("an .npy array, not an .npz archive")
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):
+            raise UserError(f"not a readable {what}: {path} holds a single .npy array, not an .npz archive")
+        with z:
             return read(z)
     except UserError:
         raise

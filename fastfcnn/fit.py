@@ -164,6 +164,7 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
     predictions = test_predictions(trainer.E, trainer.model, data)
     metrics = run.base | {"status": "finished", "history": history, "test_loss": final["test_loss"],
                           "test_accuracy": final["test_accuracy"],
+                          "test_accuracy_flip_tta": final["test_accuracy_flip_tta"],
                           "train_seconds": sum(r["seconds"] for r in history), "final": final}
     if predictions is not None:
         metrics["confusion_matrix"] = confusion_matrix(predictions["y_true"], predictions["y_pred"],

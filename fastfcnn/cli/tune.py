@@ -150,7 +150,12 @@ def tune(
     say(T.run_guarded(T.summary, st))
     best = T.run_guarded(T.write_best, st, study_dir)
     if best is not None:
-        say(f"best config: {best}\nretrain it: fastfcnn train --config {best} --out runs/{study}-best")
+        import shlex
+        source = (["--data", settings.data] if settings.data else []) + \
+            (["--data-dir", settings.data_dir] if settings.data_dir else []) + \
+            (["--image-size", image_size] if image_size else [])
+        command = ["fastfcnn", "train", *source, "--config", str(best), "--out", f"runs/{study}-best"]
+        say(f"best config: {best}\nretrain it: {' '.join(map(shlex.quote, command))}")
     else:
         say("no trial completed, so there is no best config yet")
     if failed_workers:
