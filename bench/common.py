@@ -142,6 +142,8 @@ def parallel_kernels() -> list:
         for attr, value in vars(mod).items():
             if isinstance(value, CPUDispatcher) and value.targetoptions.get("parallel"):
                 found.append((mod, attr, value))
+            elif isinstance(getattr(value, "parallel", None), CPUDispatcher):   # config.sized_kernel
+                found.append((value, "parallel", value.parallel))
     return found
 
 

@@ -17,7 +17,9 @@ Both are set in os.environ (so they also reach child processes, and survive Numb
 configuration whenever a NUMBA_* variable changes), then Numba's configuration is reloaded. This
 must happen before Numba first compiles, which is why it happens on import.
 """
+import functools
 import os
+import types
 
 import llvmlite.binding
 import numba
@@ -67,3 +69,31 @@ def composite(fn):
 def serial_kernel(fn):
     """Compile a helper called from inside kernels (inlined by LLVM; no parallel region of its own)."""
     return numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")(fn)
+
+
+# Below this much work (elements touched) a call runs serially: forking and joining the thread
+# pool costs a few microseconds, more than a bias update or the loss of a 10-class batch takes.
+PARALLEL_MIN_WORK = 16384
+
+
+def sized_kernel(work):
+    """Compile `fn` as a parallel kernel and as a serial one from the same source (prange runs as
+    range), and call the serial one when work(*args) < PARALLEL_MIN_WORK. Which one runs depends
+    on the shapes alone, so results stay identical run to run; `call.parallel` and `call.serial`
+    are the two compiled functions."""
+    def wrap(fn):
+        parallel = kernel(fn)
+        twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
+                                  fn.__closure__)
+        twin.__qualname__ = fn.__qualname__ + "_serial"      # its own JIT cache files
+        serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")(twin)
+
+        @functools.wraps(fn)
+        def call(*args):
+            if work(*args) >= PARALLEL_MIN_WORK:
+                return call.parallel(*args)
+            return call.serial(*args)
+
+        call.parallel, call.serial = parallel, serial
+        return call
+    return wrap

@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import kernel
+from .config import kernel, sized_kernel
 from .matmul import BIAS, BIAS_RELU, MASK, PLAIN, gemm_nt, gemm_op, op_suits
 
 
@@ -49,7 +49,7 @@ def linear_forward(x, w, b, relu, out, pack):
         gemm_nt(x, w, out, b, out, mode)
 
 
-@kernel
+@sized_kernel(lambda dy, db: dy.size)
 def bias_grad(dy, db):
     """db (H,) = dy (B,H) summed over the batch; 64 columns per task, rows added in order."""
     h = dy.shape[1]

@@ -3,10 +3,10 @@ prediction."""
 import numpy as np
 from numba import prange
 
-from .config import kernel
+from .config import kernel, sized_kernel
 
 
-@kernel
+@sized_kernel(lambda logits, *rest: logits.size)
 def softmax_xent_grad(logits, labels, smoothing, dlogits, row_loss):
     """logits (B,C) float32, labels (B,) int64, smoothing in [0,1).
 
@@ -58,7 +58,7 @@ def softmax(logits, probs):
             dst[j] *= inv_z
 
 
-@kernel
+@sized_kernel(lambda logits, labels: logits.size)
 def count_correct(logits, labels):
     """Number of rows of logits (B,C) whose argmax (first on ties) equals labels (B,)."""
     n, c = logits.shape

@@ -2,10 +2,10 @@
 import numpy as np
 from numba import prange
 
-from .config import kernel
+from .config import sized_kernel
 
 
-@kernel
+@sized_kernel(lambda param, *rest: param.size)
 def sgd_momentum_update(param, grad, velocity, lr, momentum, weight_decay, nesterov):
     """SGD with momentum and L2 weight decay, in place; param, grad, velocity share one shape.
 
@@ -28,7 +28,7 @@ def sgd_momentum_update(param, grad, velocity, lr, momentum, weight_decay, neste
             p[i] -= lr32 * vi
 
 
-@kernel
+@sized_kernel(lambda param, *rest: param.size)
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step):
     """Adam with bias correction, fused into one pass, in place; param, grad, m, v share one shape.
 

@@ -471,3 +471,44 @@ def test_gather_augment_rejects_bad_shapes_and_reflect_shifts(impl):
         impl.gather_augment(x, idx, idx, -7 * one, no_flip, K.PAD_REFLECT, 2, 5, 7, out)  # |shift_x| == width
     impl.gather_augment(x, idx, 5 * one, -7 * one, no_flip, K.PAD_ZERO, 2, 5, 7, out)     # zero pad: any shift
     assert not out.any()
+
+
+SIZED = {   # kernels compiled twice (kernels/config.sized_kernel): arguments, the indices of outputs
+    "sgd_momentum_update": lambda rng, n: ((randn(rng, n, 33), randn(rng, n, 33), randn(rng, n, 33),
+                                            np.float32(0.1), np.float32(0.9), np.float32(5e-4), True), [0, 2]),
+    "adam_update": lambda rng, n: ((randn(rng, n, 33), randn(rng, n, 33), randn(rng, n, 33),
+                                    np.abs(randn(rng, n, 33)), np.float32(1e-3), np.float32(0.9),
+                                    np.float32(0.999), np.float32(1e-8), np.float32(0.01), False, 3), [0, 2, 3]),
+    "softmax_xent_grad": lambda rng, n: ((randn(rng, n, 33) * np.float32(4), rng.integers(0, 33, n).astype(np.int64),
+                                          0.1, np.zeros((n, 33), np.float32), np.zeros(n, np.float32)), [3, 4]),
+    "bias_grad": lambda rng, n: ((randn(rng, n, 33), np.zeros(33, np.float32)), [1]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIZED))
+@pytest.mark.parametrize("rows", [3, 700])     # 99 and 23,100 elements: both sides of PARALLEL_MIN_WORK
+def test_sized_kernels_serial_and_parallel_agree(name, rows):
+    """The serial and the parallel build of a kernel compute the same, and the dispatcher picks
+    by size, so small calls never open a parallel region."""
+    from fastfcnn.kernels import config, linear
+    fn = getattr(K, name, None) or getattr(linear, name)
+    args, outs = SIZED[name](np.random.default_rng(rows), rows)
+    got = {}
+    for build in ("serial", "parallel"):
+        a = [x.copy() if isinstance(x, np.ndarray) else x for x in args]
+        getattr(fn, build)(*a)
+        got[build] = [a[i] for i in outs]
+    for s, p in zip(got["serial"], got["parallel"]):
+        np.testing.assert_allclose(s, p, rtol=1e-6, atol=1e-6)   # vector and scalar code round alike but for fastmath
+    picked = "parallel" if args[0].size >= config.PARALLEL_MIN_WORK else "serial"
+    a = [x.copy() if isinstance(x, np.ndarray) else x for x in args]
+    fn(*a)
+    for x, want in zip((a[i] for i in outs), got[picked]):
+        np.testing.assert_array_equal(x, want)
+
+
+def test_count_correct_builds_agree():
+    rng = np.random.default_rng(0)
+    logits, labels = randn(rng, 700, 33), rng.integers(0, 33, 700).astype(np.int64)
+    assert K.count_correct.serial(logits, labels) == K.count_correct.parallel(logits, labels) == \
+        R.count_correct(logits, labels)
