@@ -94,8 +94,3 @@ def evaluate_on(E, model: Model, data, flip_tta: bool = False) -> tuple[float, f
         raise UserError(f"the data has classes the model does not know: {', '.join(unknown[:5])}")
     to_model = np.array([model.class_names.index(c) for c in data.class_names], np.int64)
     return network.evaluate(E, model, data.x_test, to_model[data.y_test], flip_tta=flip_tta)
-
-
-def predict_proba(E, model: Model, x: np.ndarray, flip_tta: bool = False) -> np.ndarray:
-    """(N, classes) probabilities of the rows x (as rows_for_model gives them)."""
-    return network.predict_proba(E, model, x, flip_tta=flip_tta)

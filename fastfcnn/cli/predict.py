@@ -29,7 +29,8 @@ def predict(
     from ..engine import get_engine, set_threads
     from ..errors import UserError
     from ..model import load_model
-    from ..predict import load_inputs, predict_proba, top_k as best
+    from ..network import predict_proba
+    from ..predict import load_inputs, top_k as best
 
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
