@@ -12,6 +12,12 @@ NETS = {
     "wide": {"hidden": [1024, 1024], "batch_size": 256},
 }
 ENGINES = ("numba", "numpy")
+BF16 = "numba-bf16"      # the numba engine with --precision bf16 (fastfcnn bench --precision bf16)
+
+
+def engine_options(engine: str) -> dict:
+    """The TrainConfig options of a bench engine label: numba, numpy or numba-bf16."""
+    return {"engine": "numba", "precision": "bf16"} if engine == BF16 else {"engine": engine}
 N_TRAIN = 50_000
 FEATURES = 3072
 CLASSES = 10
@@ -29,7 +35,7 @@ def synthetic_cifar(n_train: int = N_TRAIN, n_test: int = 1000, seed: int = 0) -
 
 def make_trainer(net: str, engine: str, data: Dataset, epochs: int = 1, seed: int = 0) -> Trainer:
     """A Trainer for one of NETS on `data`, ready for step() (no validation split)."""
-    cfg = TrainConfig(engine=engine, epochs=epochs, seed=seed, val_size=0.0, warmup_epochs=0.0,
+    cfg = TrainConfig(**engine_options(engine), epochs=epochs, seed=seed, val_size=0.0, warmup_epochs=0.0,
                       lr=0.01, **NETS[net])
     return Trainer(cfg, data)
 
@@ -199,6 +205,6 @@ def region_counts(fn) -> dict:
 
 def overhead_trainer(engine: str, data: Dataset, seed: int = 0) -> Trainer:
     """The seed net at a batch of one image: its step time is the fixed cost of a step."""
-    cfg = TrainConfig(engine=engine, epochs=1, seed=seed, val_size=0.0, warmup_epochs=0.0, lr=0.01,
+    cfg = TrainConfig(**engine_options(engine), epochs=1, seed=seed, val_size=0.0, warmup_epochs=0.0, lr=0.01,
                       hidden=NETS["seed"]["hidden"], batch_size=1)
     return Trainer(cfg, data)

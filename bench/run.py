@@ -91,8 +91,9 @@ def threading_record() -> dict:
 
 
 def run(nets, threads, data_dir: Path | None, quick: bool, repeats: int | None, log,
-        overhead_steps: int | None = None, peers: bool = True) -> dict:
+        overhead_steps: int | None = None, peers: bool = True, precision: str = "fp32") -> dict:
     """Every measurement, at each thread count of `threads` (an int, None for all cores, or a list).
+    precision "bf16" adds the numba engine in bf16 (common.BF16) beside the float32 engines.
 
     The report's top level describes the first (or only) count as before: report["threads"],
     report["nets"]; report["sweep"] holds every count."""
@@ -103,6 +104,11 @@ def run(nets, threads, data_dir: Path | None, quick: bool, repeats: int | None, 
     if bad:
         raise UserError(f"--threads must be between 1 and {max_threads()} on this machine, got {bad[0]}")
     set_threads(counts[0])                     # also checks NUMBA_THREADING_LAYER
+    engines = list(ENGINES)
+    if precision == "bf16":
+        from fastfcnn.engine import get_engine
+        get_engine("numba", "bf16")            # a CPU without AVX512_BF16: one clear error, before any timing
+        engines.insert(1, common.BF16)
     n_train = QUICK_TRAIN if quick else common.N_TRAIN
     repeats = repeats or (1 if quick else 3)
     n_test = 1_000 if quick else 10_000
@@ -116,7 +122,7 @@ def run(nets, threads, data_dir: Path | None, quick: bool, repeats: int | None, 
         data = common.synthetic_cifar(n_train, n_test=n_test)
         source = "synthetic"
     from fastfcnn.engine import versions
-    report = {"threads": counts[0], "thread_counts": counts, "quick": quick, "repeats": repeats, "data": source,
+    report = {"threads": counts[0], "thread_counts": counts, "precision": precision, "quick": quick, "repeats": repeats, "data": source,
               "n_train": int(len(data.y_train)), "versions": versions(), "nets": {}}
     data_args = {"threads": counts[0], "n_train": int(len(data.y_train)), "n_test": n_test,
                  "data_dir": None if data_dir is None else str(data_dir)}
@@ -126,9 +132,9 @@ def run(nets, threads, data_dir: Path | None, quick: bool, repeats: int | None, 
             report["versions"].update(peer.versions())
         by_count = {n: {} for n in counts}
         for net in nets:
-            for n, r in bench_net(net, data, list(ENGINES), repeats, quick, counts, log, peer).items():
+            for n, r in bench_net(net, data, engines, repeats, quick, counts, log, peer).items():
                 by_count[n][net] = r
-        report["overhead"] = measure_overhead(data, counts, list(ENGINES), overhead_steps or (200 if quick else 2000),
+        report["overhead"] = measure_overhead(data, counts, engines, overhead_steps or (200 if quick else 2000),
                                               log, peer, rounds=2 if quick else 5)
     finally:
         if peer is not None:

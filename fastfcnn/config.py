@@ -17,6 +17,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 CROP_MODES = ("reflect", "zero")
 WHITENINGS = ("none", "zca", "pca")
 ENGINES = ("numba", "numpy")
+PRECISIONS = ("fp32", "bf16")
 
 
 def option(default, help: str, check=None, must: str = "", choices: tuple = ()):
@@ -80,6 +81,9 @@ class TrainConfig:
     patience: int = option(0, "Early stopping: stop after N epochs without a better validation accuracy and "
                            "keep those best weights (best.npz; 0: off).", lambda v: v >= 0, "must be >= 0")
     engine: str = option("numba", "numba (the parallel kernels) or numpy (the reference).", choices=ENGINES)
+    precision: str = option("fp32", "Matrix products in fp32, or bf16: operands rounded to bfloat16, sums, "
+                            "weights and updates in float32 (numba needs a CPU with AVX512_BF16; numpy emulates "
+                            "it). Accuracy is measured in fp32.", choices=PRECISIONS)
     seed: int = option(0, "Seed of every random choice: initialisation, split, shuffling, augmentation, dropout.",
                        lambda v: v >= 0, "must be >= 0")
     val_size: float = option(0.1, "Training rows held out (stratified) for validation: a fraction if below 1, "

@@ -4,19 +4,49 @@ Nothing here imports Numba unless the numba engine is asked for: `--engine numpy
 """
 import os
 
-from .config import ENGINES
+from .config import ENGINES, PRECISIONS
 from .errors import UserError
 
+# The functions whose matrix products a precision changes; every other function of an engine
+# (gathering, loss, optimizer updates) runs in float32 whatever the precision.
+LAYER_FUNCTIONS = ("input_linear_forward", "linear_forward", "linear_grad_params", "linear_grad_input")
 
-def get_engine(name: str):
-    """The module whose functions a run calls: fastfcnn.kernels or fastfcnn.reference."""
+
+def get_engine(name: str, precision: str = "fp32"):
+    """What a run calls: fastfcnn.kernels or fastfcnn.reference, or for precision "bf16" the same
+    with the layer functions of kernels/bf16.py or reference_bf16.py (the NumPy twin, which
+    emulates bf16 anywhere)."""
     if name == "numba":
-        from . import kernels
-        return kernels
-    if name == "numpy":
-        from . import reference
-        return reference
-    raise UserError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+        from . import kernels as base
+    elif name == "numpy":
+        from . import reference as base
+    else:
+        raise UserError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if precision == "fp32":
+        return base
+    if precision != "bf16":
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if name == "numba":
+        from .kernels import bf16 as layers
+        if not layers.AVAILABLE:
+            raise UserError("--precision bf16 needs a CPU with AVX512_BF16 (Intel Sapphire Rapids or AMD Zen 4 "
+                            "and later); this one has none, or NUMBA_CPU_FEATURES masks it. Use --precision fp32")
+    else:
+        from . import reference_bf16 as layers
+    return MixedEngine(base, layers)
+
+
+class MixedEngine:
+    """An engine whose layer functions (LAYER_FUNCTIONS) come from `layers` and everything else
+    from `base`."""
+
+    def __init__(self, base, layers):
+        self.base, self.layers = base, layers
+        for fn in LAYER_FUNCTIONS:
+            setattr(self, fn, getattr(layers, fn))
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
 
 
 def max_threads(engine: str = "numba") -> int:

@@ -45,7 +45,8 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, hidden=(64, 64), *, epochs=20, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9,
                  nesterov=False, weight_decay=5e-4, beta1=0.9, beta2=0.999, adam_eps=1e-8, lr_schedule="cosine",
                  warmup_epochs=1.0, label_smoothing=0.0, dropout=0.0, crop_pad=0, crop_mode="reflect", flip=False,
-                 whiten="none", whiten_dims=256, whiten_eps=0.1, patience=0, engine="numba", seed=0, val_size=0.1,
+                 whiten="none", whiten_dims=256, whiten_eps=0.1, patience=0, engine="numba", precision="fp32", seed=0,
+                 val_size=0.1,
                  n_threads=None, random_state=None, warm_start=False):
         self.hidden = hidden
         self.epochs = epochs
@@ -70,6 +71,7 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
         self.whiten_eps = whiten_eps
         self.patience = patience
         self.engine = engine
+        self.precision = precision
         self.seed = seed
         self.val_size = val_size
         self.n_threads = n_threads

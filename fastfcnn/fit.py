@@ -160,8 +160,8 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
     history = trainer.history
     flip_tta = config.flip and data.image_shape is not None
     final = {"model": "model.npz", "epoch": len(history), "val_accuracy": history[-1]["val_accuracy"]}
-    final |= test_metrics(trainer.E, trainer.model, data, flip_tta)
-    predictions = test_predictions(trainer.E, trainer.model, data)
+    final |= test_metrics(trainer.E_eval, trainer.model, data, flip_tta)
+    predictions = test_predictions(trainer.E_eval, trainer.model, data)
     metrics = run.base | {"status": "finished", "history": history, "test_loss": final["test_loss"],
                           "test_accuracy": final["test_accuracy"],
                           "test_accuracy_flip_tta": final["test_accuracy_flip_tta"],
@@ -172,7 +172,7 @@ def fit(config: TrainConfig, data: Dataset, out_dir: Path | str | None = None, t
     if best is not None:
         metrics["best_epoch"] = trainer.best_epoch
         metrics["best"] = {"model": "best.npz", "epoch": trainer.best_epoch,
-                           "val_accuracy": trainer.best_val_accuracy} | test_metrics(trainer.E, best, data, flip_tta)
+                           "val_accuracy": trainer.best_val_accuracy} | test_metrics(trainer.E_eval, best, data, flip_tta)
     run.save_final(metrics, predictions)
     return RunResult(trainer.model, history, metrics, best, out_dir)
 

@@ -71,7 +71,8 @@ class Trainer:
                 data.x_train, self.train_idx, *feature_stats(mean, std, d), cfg.whiten, cfg.whiten_dims,
                 cfg.whiten_eps)
         self.x_norm = self.model.input_transform()
-        self.E = get_engine(cfg.engine)
+        self.E = get_engine(cfg.engine, cfg.precision)
+        self.E_eval = get_engine(cfg.engine)      # accuracy in fp32 whatever the training precision
         self.params = self.model.weights + self.model.biases     # the arrays themselves, updated in place
         self.decays = [cfg.weight_decay] * len(self.model.weights) + [0.0] * len(self.model.biases)
         self.grads = [np.zeros_like(p) for p in self.params]
@@ -255,5 +256,5 @@ class Trainer:
     def validate(self) -> dict:
         if len(self.val_idx) == 0:
             return {"val_loss": None, "val_accuracy": None}
-        loss, acc = network.evaluate(self.E, self.model, self.data.x_train, self.data.y_train, self.val_idx)
+        loss, acc = network.evaluate(self.E_eval, self.model, self.data.x_train, self.data.y_train, self.val_idx)
         return {"val_loss": loss, "val_accuracy": acc}

@@ -71,6 +71,18 @@ def serial_kernel(fn):
     return numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")(fn)
 
 
+def variant(fn, name, **swap):
+    """A copy of the Python function `fn` named `name` whose global names in `swap` mean other
+    objects: one kernel source compiled again with other helpers (kernels/bf16.py uses it for the
+    bf16 products). The name gives the copy its own JIT cache files."""
+    names = dict(fn.__globals__)
+    names.update(swap)
+    copy = types.FunctionType(fn.__code__, names, name, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = name
+    copy.__module__ = fn.__module__
+    return copy
+
+
 # Below this much work (elements touched) a call runs serially: forking and joining the thread
 # pool costs a few microseconds, more than a bias update or the loss of a 10-class batch takes.
 PARALLEL_MIN_WORK = 16384

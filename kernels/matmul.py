@@ -203,6 +203,23 @@ def _pack_cols(src, panels, r0, r1, k0, kn, kd):
                     p[kd + k, q] = np.float32(0)
 
 
+def check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode):
+    """The reduction length k of gemm_op's product, after checking every argument's shape (the
+    kernels index without bounds checks)."""
+    m, n = out.shape
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError("gemm_op: a and b must be matrices")
+    k = a.shape[0] if trans_a else a.shape[1]
+    if mode not in (PLAIN, BIAS, BIAS_RELU, MASK):
+        raise ValueError(f"gemm_op: unknown mode {mode}")
+    if (a.shape != ((k, m) if trans_a else (m, k)) or b.shape != ((n, k) if trans_b else (k, n))
+            or (mode == MASK and mask.shape != out.shape)
+            or (mode in (BIAS, BIAS_RELU) and bias.shape != (n,))):
+        raise ValueError(f"gemm_op: shapes do not fit: a {a.shape}, trans_a {trans_a}, b {b.shape}, "
+                         f"trans_b {trans_b}, out {out.shape}, bias {bias.shape}, mask {mask.shape}")
+    return k
+
+
 def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     """out = epilogue(op(a) @ op(b)), op(a) = a.T if trans_a else a, op(b) likewise.
 
@@ -219,16 +236,7 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     Checks its arguments in Python first: the kernel indexes without bounds checks.
     """
     m, n = out.shape
-    if a.ndim != 2 or b.ndim != 2:
-        raise ValueError("gemm_op: a and b must be matrices")
-    k = a.shape[0] if trans_a else a.shape[1]
-    if mode not in (PLAIN, BIAS, BIAS_RELU, MASK):
-        raise ValueError(f"gemm_op: unknown mode {mode}")
-    if (a.shape != ((k, m) if trans_a else (m, k)) or b.shape != ((n, k) if trans_b else (k, n))
-            or (mode == MASK and mask.shape != out.shape)
-            or (mode in (BIAS, BIAS_RELU) and bias.shape != (n,))):
-        raise ValueError(f"gemm_op: shapes do not fit: a {a.shape}, trans_a {trans_a}, b {b.shape}, "
-                         f"trans_b {trans_b}, out {out.shape}, bias {bias.shape}, mask {mask.shape}")
+    k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
     threads = numba.get_num_threads()
     per_thread = threads * PACK_FLOATS
     a_floats = packed_a_floats(m, k)
@@ -236,20 +244,25 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
         raise ValueError(f"gemm_op: pack is smaller than pack_workspace({a_floats}) for a {m}x{k} op(a)")
     pa = pack[per_thread : per_thread + a_floats].reshape(((m + OM - 1) // OM, k, OM))
     per_thread_rows = pack[:per_thread].reshape((threads, PACK_FLOATS))
-    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, per_thread_rows, pa, _block_rows(m, n, threads))
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, per_thread_rows, per_thread_rows, pa,
+             _block_rows(m, n, threads))
 
 
-def _block_rows(m: int, n: int, threads: int) -> int:
+def _block_rows(m: int, n: int, threads: int, min_rows: int = OMB) -> int:
     """Rows of out per task: blocks of up to 4 x OMB rows while that leaves at least two tasks per
-    thread, evened out so the last block is not a sliver (the tasks go to the threads in equal
-    runs). Each task packs its b panels once per k block, so taller blocks pack b fewer times
-    (the wide net's dw0 = dy.T @ x, 1024x3072: 4x fewer times at 1024 rows, about 10 % faster)."""
+    thread, halving down to min_rows, evened out so the last block is not a sliver (the tasks go
+    to the threads in equal runs). Each task packs its b panels once per k block, so taller blocks
+    pack b fewer times (the wide net's dw0 = dy.T @ x, 1024x3072: 4x fewer times at 1024 rows,
+    about 10 % faster). A min_rows below OMB serves narrow outputs (the bf16 products take every
+    shape): the seed net's 128x64 forward product needs 64-row blocks to use 2 threads."""
     nb = (n + ONB - 1) // ONB
-    for rows in (4 * OMB, 2 * OMB, OMB):
+    rows = 4 * OMB
+    while True:
         mb = (m + rows - 1) // rows
-        if mb * nb >= 2 * threads or rows == OMB:
+        if mb * nb >= 2 * threads or rows // 2 < min_rows:
             even = (m + mb - 1) // max(mb, 1)
             return max((even + OM - 1) // OM * OM, OM)
+        rows //= 2
 
 
 def op_suits(m: int, n: int, threads: int) -> bool:
@@ -273,7 +286,10 @@ def _pack_a(a, trans_a, pa, p, m):
 
 
 @kernel
-def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, pa, omb):
+def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, packb, pa, omb):
+    """pack: float32 rows, one per thread; packb: the same memory as the element type of the
+    packed panels pa and pb (float32 here: pack itself; kernels/bf16.py compiles this source again
+    with its own packing and tile, on bf16 pairs)."""
     m, n = out.shape
     kk = pa.shape[1]
     if pa.size >= 65536:                         # op(a) into panels pa[p] (K, OM), once for all tasks
@@ -286,7 +302,7 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, pa, omb):
     nb = (n + ONB - 1) // ONB
     for t in prange(mb * nb):
         ws = pack[numba.get_thread_id()]         # < get_num_threads(), the rows of pack
-        pb = ws[:_PB].reshape((ONB // ON, OKC, ON))
+        pb = packb[numba.get_thread_id()][:_PB].reshape((ONB // ON, OKC, ON))
         edge = ws[_PB : _PB + _EDGE].reshape((OM, ON))
         chain = ws[_PB + _EDGE :]
         i0 = (t // nb) * omb

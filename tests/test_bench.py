@@ -228,7 +228,8 @@ def test_avx2_flag_reruns_in_a_subprocess(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     (args, env), = calls
     assert args[:3] == [sys.executable, "-m", "fastfcnn.cli"] and "--avx2" not in args
-    assert args[3:] == ["bench", "--nets", "seed", "--threads", "1,2", "--quick", "--json", str(out)]
+    assert args[3:] == ["bench", "--nets", "seed", "--precision", "fp32", "--threads", "1,2", "--quick",
+                        "--json", str(out)]
     assert env["FASTFCNN_BENCH_ISA"] == "avx2" and env["OPENBLAS_CORETYPE"] == "Haswell"
     assert "+avx512f" not in env["NUMBA_CPU_FEATURES"].split(",")
 

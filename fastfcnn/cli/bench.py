@@ -26,9 +26,9 @@ def parse_threads(text: Optional[str]) -> list:
 
 
 def child_args(nets: str, data_dir: Optional[Path], threads: Optional[str], repeats: Optional[int], quick: bool,
-               json_path: Optional[Path]) -> list:
+               json_path: Optional[Path], precision: str = "fp32") -> list:
     """The `fastfcnn bench` arguments that repeat these options (for the --avx2 subprocess)."""
-    args = ["bench", "--nets", nets]
+    args = ["bench", "--nets", nets, "--precision", precision]
     if data_dir is not None:
         args += ["--data-dir", str(data_dir)]
     if threads is not None:
@@ -52,6 +52,8 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="Smoke run: 2,000 images, one timed repeat."),
     avx2: bool = typer.Option(False, "--avx2", help="Mask AVX-512 for every contender (kernels compiled for AVX2, OpenBLAS as Haswell, PyTorch and XLA capped at AVX2), in a subprocess."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write every figure to this JSON file."),
+    precision: str = typer.Option("fp32", help="fp32, or bf16 to time the numba engine in bf16 too (column "
+                                  "numba-bf16; needs AVX512_BF16), its products' GFLOP/s beside fp32's."),
 ):
     """Time training epochs, kernel phases, GFLOP/s against sgemm, per-step overhead, JIT start-up and peak memory."""
     from ..bench.common import NETS
@@ -67,18 +69,22 @@ def bench(
     if repeats is not None and repeats < 1:
         raise UserError("--repeats must be at least 1")
     counts = parse_threads(threads)
+    from ..config import PRECISIONS
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if json_path is not None:
         check_out_dir(json_path.parent)
     if avx2 and os.environ.get(ISA_VARIABLE) != "avx2":
         # NUMBA_CPU_FEATURES is read before Numba compiles anything: a fresh interpreter
         err.print("bench: AVX2 run in a subprocess (AVX-512 masked; the kernels compile anew for it)", highlight=False)
         proc = subprocess.run([sys.executable, "-m", "fastfcnn.cli",
-                               *child_args(nets, data_dir, threads, repeats, quick, json_path)],
+                               *child_args(nets, data_dir, threads, repeats, quick, json_path, precision)],
                               env=avx2_env(os.environ))
         if proc.returncode:
             raise typer.Exit(proc.returncode)
         return
-    report = run(chosen, counts, data_dir, quick, repeats, log=lambda m: err.print(f"bench: {m}", highlight=False, markup=False))
+    report = run(chosen, counts, data_dir, quick, repeats, log=lambda m: err.print(f"bench: {m}", highlight=False, markup=False),
+                 precision=precision)
     render(report, out)
     if json_path is not None:
         make_out_dir(json_path.parent)

@@ -6,7 +6,8 @@ from typing import Optional
 import typer
 
 from . import app, say, user_errors
-from .options import DataDirOption, DataOption, DownloadOption, ImageSizeOption, ThreadsOption, load
+from .options import (DataDirOption, DataOption, DownloadOption, ImageSizeOption, PrecisionOption,
+                      ThreadsOption, load)
 
 
 @app.command()
@@ -17,6 +18,7 @@ def evaluate(
     data_dir: Optional[Path] = DataDirOption,
     image_size: Optional[str] = ImageSizeOption,
     engine: str = typer.Option("numba", help="numba or numpy."),
+    precision: str = PrecisionOption,
     threads: Optional[int] = ThreadsOption,
     download: bool = DownloadOption,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -29,7 +31,7 @@ def evaluate(
     from ..predict import evaluate_on
     from ..model import load_model
 
-    E = get_engine(engine)
+    E = get_engine(engine, precision)
     set_threads(threads, engine)
     model = load_model(model_path)
     dataset = load(data, data_dir, download, image_size)
@@ -37,7 +39,7 @@ def evaluate(
         raise UserError("--flip-tta needs a model trained on images")
     loss, acc = evaluate_on(E, model, dataset, flip_tta=flip_tta)
     result = {"test_accuracy": acc, "test_loss": loss, "n_test": int(len(dataset.y_test)),
-              "model": str(model_path), "sizes": model.sizes, "engine": engine, "flip_tta": flip_tta}
+              "model": str(model_path), "sizes": model.sizes, "engine": engine, "precision": precision, "flip_tta": flip_tta}
     if as_json:
         print(json.dumps(result))
     else:

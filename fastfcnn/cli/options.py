@@ -22,6 +22,9 @@ ImageSizeOption = typer.Option(None, "--image-size", metavar="HxW",
 DownloadOption = typer.Option(True, "--download/--no-download",
                               help="Download CIFAR-10 if it is not in the data folder.")
 ThreadsOption = typer.Option(None, "--threads", help=THREADS_HELP)
+# evaluate and predict: float32 unless asked, whatever precision the model was trained in
+PrecisionOption = typer.Option("fp32", "--precision", help="Matrix products in fp32 (default) or bf16 (needs "
+                               "AVX512_BF16 with the numba engine).")
 
 
 def parse_size(text: str | None) -> tuple | None:

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from . import app, err, user_errors
-from .options import ThreadsOption
+from .options import PrecisionOption, ThreadsOption
 
 
 @app.command()
@@ -23,6 +23,7 @@ def predict(
     resize: bool = typer.Option(False, "--resize", help="Resize images of another size to the model's."),
     flip_tta: bool = typer.Option(False, "--flip-tta", help="Average each image's logits with its mirror image's."),
     engine: str = typer.Option("numba", help="numba or numpy."),
+    precision: str = PrecisionOption,
     threads: Optional[int] = ThreadsOption,
 ):
     """Print the top classes of each input and their probabilities."""
@@ -34,7 +35,7 @@ def predict(
 
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
-    E = get_engine(engine)
+    E = get_engine(engine, precision)
     set_threads(threads, engine)
     model = load_model(model_path)
     if flip_tta and model.image_shape is None:

@@ -41,6 +41,7 @@ def train(
 ):
     from ..checkpoint import CHECKPOINT, load_checkpoint
     from ..config import read_config_file, resolve
+    from ..engine import get_engine
     from ..errors import UserError
     from ..fit import RunInterrupted, check_out_dir, fit
 
@@ -66,6 +67,7 @@ def train(
         cfg = resolve(preset, read_config_file(config) if config else None, options)
         out_dir = out_dir or default_run_dir()
     check_out_dir(out_dir)
+    get_engine(cfg.engine, cfg.precision)         # bf16 on a CPU without it: say so before loading any data
     dataset = load(data, data_dir, download, image_size)
     cfg.check_data(dataset)
 

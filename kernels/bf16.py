@@ -1,0 +1,236 @@
+"""bfloat16 matrix products for mixed-precision training (`--precision bf16`) on CPUs with AVX512_BF16.
+
+Mixed precision as the field does it: weights, optimizer state, activations and every sum stay
+float32; only the operands of the matrix products are rounded to bfloat16 (the top 16 bits of a
+float32, rounded to nearest even) as they are packed, and `vdpbf16ps` multiplies pairs of them and
+adds both products into a float32 accumulator: twice the multiply-adds of a float32 FMA per
+instruction. A product of two bfloat16 numbers (8-bit significands) is exact in float32, so the
+kernel differs from its NumPy twin (reference/bf16.py: round both operands, multiply in float32)
+only by the order of the float32 sums.
+
+The product is gemm_op (kernels/matmul.py) compiled a second time from the same source, with the
+packing and the register tile swapped for the ones here: panels hold pairs of bfloat16 numbers
+along k, one pair per 32-bit word (the lower half is the even k), so every index into a panel, and
+the reduction loop, counts pairs. The tile is written in LLVM IR: Numba has neither a bfloat type nor
+vector types, and `vdpbf16ps` takes <32 x bfloat> operands.
+
+Compiling any of this on a CPU without AVX512_BF16 fails inside LLVM: callers check `AVAILABLE`
+first (fastfcnn.engine turns it into one clear error).
+
+Numba keys a JIT cache by the file of the function's source, and _gemm_op_bf16's source is in
+matmul.py: after editing the helpers here, delete kernels/__pycache__/*bf16* (a new install
+rewrites every file, so users never see a stale kernel).
+"""
+import os
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from . import matmul
+from .config import kernel, serial_kernel, variant
+from .linear import bias_grad, normalise
+from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PACK_FLOATS, PLAIN, check_op_args
+from .prefetch import prefetch
+
+# The feature string the kernels compile for (config.py sets it from the host unless the user did):
+# masking AVX-512 off (fastfcnn bench --avx2) masks bf16 too.
+AVAILABLE = "+avx512bf16" in os.environ.get("NUMBA_CPU_FEATURES", "").split(",")
+
+
+class _BFloat(ir.types._BaseFloatType):
+    """LLVM's bfloat, which llvmlite's ir does not define."""
+    null = "0.0"
+    intrinsic_name = "bf16"
+
+    def __str__(self):
+        return "bfloat"
+
+
+_BFloat._create_instance()
+
+
+@intrinsic
+def float_bits(typingctx, x):
+    """The 32 bits of the float32 x, as a uint32."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@serial_kernel
+def to_bf16(x):
+    """The bfloat16 nearest to the float32 x (ties to even), as the low 16 bits of a uint32.
+    NaN stays NaN (quietened); a float32 too large for bfloat16 rounds to inf, as it should."""
+    u = float_bits(x)
+    if u & np.uint32(0x7FFFFFFF) > np.uint32(0x7F800000):
+        return (u >> np.uint32(16)) | np.uint32(0x40)
+    return (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+
+
+@serial_kernel
+def _pair(lo, hi):
+    return to_bf16(lo) | (to_bf16(hi) << np.uint32(16))
+
+
+@serial_kernel
+def _pack_rows(src, panels, c0, c1, k0, kn, kd):
+    """panels[t, kd + p, q] = the pair src[2(k0+p), c], src[2(k0+p)+1, c] of column c = c0 + t*w + q,
+    zero past column c1 and past the last row of src: rows of src are the k of the product."""
+    w = panels.shape[2]
+    kk = src.shape[0]
+    for t in range((c1 - c0 + w - 1) // w):
+        p = panels[t]
+        s0 = c0 + t * w
+        cols = min(w, c1 - s0)
+        for k in range(kn):
+            dst = p[kd + k]
+            r = 2 * (k0 + k)
+            even = src[r, s0 : s0 + cols]
+            if r + 1 < kk:
+                odd = src[r + 1, s0 : s0 + cols]
+                for q in range(cols):
+                    dst[q] = _pair(even[q], odd[q])
+            else:
+                for q in range(cols):
+                    dst[q] = to_bf16(even[q])
+            for q in range(cols, w):
+                dst[q] = np.uint32(0)
+
+
+@serial_kernel
+def _pack_cols(src, panels, r0, r1, k0, kn, kd):
+    """panels[t, kd + p, q] = the pair src[r, 2(k0+p)], src[r, 2(k0+p)+1] of row r = r0 + t*w + q,
+    zero past row r1 and past the last column of src: columns of src are the k of the product."""
+    w = panels.shape[2]
+    kk = src.shape[1]
+    for t in range((r1 - r0 + w - 1) // w):
+        p = panels[t]
+        s0 = r0 + t * w
+        rows = min(w, r1 - s0)
+        c0 = 2 * k0
+        c1 = min(c0 + 2 * kn, kk)
+        full = (c1 - c0) // 2                    # whole pairs; an odd last column pairs with zero
+        for q in range(w):
+            if q < rows:
+                row = src[s0 + q, c0:c1]
+                for k in range(full):
+                    p[kd + k, q] = _pair(row[2 * k], row[2 * k + 1])
+                if full < kn:
+                    p[kd + full, q] = to_bf16(row[2 * full])
+            else:
+                for k in range(kn):
+                    p[kd + k, q] = np.uint32(0)
+
+
+# matmul._pack_a on pairs: panel p of op(a) into pa[p], pairs along k, zero past row m
+_pack_a = serial_kernel(variant(matmul._pack_a.py_func, "_pack_a_bf16", _pack_rows=_pack_rows, _pack_cols=_pack_cols))
+
+
+@serial_kernel
+def _prefetch_rows(b, trans_b, r0, r1, j0, j1, k1, k2):
+    """As matmul._prefetch_rows, for the pairs k1..k2: rows (or columns) 2*k1 .. 2*k2 of b."""
+    for r in range(r0, r1):
+        if trans_b:                              # b (N, K): row j0 + r, columns 2*k1 .. 2*k2
+            for c in range(2 * k1, 2 * k2, 16):
+                prefetch(b, j0 + r, c)
+        else:                                    # b (K, N): rows 2(k1 + r) and the next
+            for c in range(j0, j1, 16):
+                prefetch(b, 2 * (k1 + r), c)
+                prefetch(b, 2 * (k1 + r) + 1, c)
+
+
+@intrinsic
+def tile(typingctx, pa, pb, out, i, j, kn, accumulate, chain):
+    """out[i:i+OM, j:j+ON] (+)= the product of the packed panels pa (KC, OM) and pb (KC, ON) of bf16
+    pairs, over their first kn pairs: OM x ON/16 accumulators of 16 floats (16 zmm registers),
+    per pair of k ON/16 vector loads of pb, OM broadcasts of a pair of pa, and `vdpbf16ps`.
+    chain is unused (the float32 tile needs it to steer LLVM's vectorisers; here the IR is vector code).
+    The rows of pa, pb and out must be contiguous."""
+    sig = types.void(pa, pb, out, types.intp, types.intp, types.intp, types.boolean, chain)
+
+    def codegen(context, builder, signature, args):
+        pa_t, pb_t, out_t = signature.args[:3]
+        pa_a, pb_a, out_a = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args))
+        i_v, j_v, kn_v, acc_flag = args[3:7]
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        vf, vi, vb = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(_BFloat(), 32)
+        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vb, vb]),
+                                             "llvm.x86.avx512bf16.dpbf16ps.512")
+        nv = ON // 16
+        # accumulators live in allocas that LLVM promotes to registers (SROA/mem2reg)
+        acc = [[cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(nv)] for _ in range(OM)]
+        zero = ir.Constant(i64, 0)
+        with cgutils.for_range(builder, kn_v) as loop:
+            ra = cgutils.get_item_pointer(context, builder, pa_t, pa_a, [loop.index, zero], wraparound=False)
+            rb = cgutils.get_item_pointer(context, builder, pb_t, pb_a, [loop.index, zero], wraparound=False)
+            bv = [builder.bitcast(builder.load(builder.bitcast(builder.gep(rb, [ir.Constant(i64, 16 * v)]),
+                                                                vi.as_pointer()), align=4), vb)
+                  for v in range(nv)]
+            for r in range(OM):
+                x = builder.load(builder.gep(ra, [ir.Constant(i64, r)]), align=4)
+                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vi, None), x, ir.Constant(i32, 0)),
+                                               ir.Constant(vi, None), ir.Constant(vi, [0] * 16))
+                xa = builder.bitcast(splat, vb)
+                for v in range(nv):
+                    builder.store(builder.call(dot, [builder.load(acc[r][v]), xa, bv[v]]), acc[r][v])
+        for r in range(OM):
+            row = builder.add(i_v, ir.Constant(i_v.type, r))
+            for v in range(nv):
+                col = builder.add(j_v, ir.Constant(j_v.type, 16 * v))
+                dst = builder.bitcast(cgutils.get_item_pointer(context, builder, out_t, out_a, [row, col],
+                                                               wraparound=False), vf.as_pointer())
+                with builder.if_then(acc_flag):
+                    builder.store(builder.fadd(builder.load(acc[r][v]), builder.load(dst, align=4)), acc[r][v])
+                builder.store(builder.load(acc[r][v]), dst, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_gemm_op = kernel(variant(matmul._gemm_op.py_func, "_gemm_op_bf16", _pack_a=_pack_a, _pack_rows=_pack_rows,
+                          _pack_cols=_pack_cols, _prefetch_rows=_prefetch_rows, tile=tile))
+
+
+def packed_a_floats(m: int, k: int) -> int:
+    """Words gemm_op_bf16 needs for op(a) (m, k) packed whole: pairs along k."""
+    return (m + OM - 1) // OM * OM * ((k + 1) // 2)
+
+
+def gemm_op_bf16(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
+    """out = epilogue(bf16(op(a)) @ bf16(op(b))), summed in float32: matmul.gemm_op's arguments,
+    shapes, modes and workspace (matmul.pack_workspace; it needs no more than gemm_op)."""
+    m, n = out.shape
+    k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
+    threads = numba.get_num_threads()
+    per_thread = threads * PACK_FLOATS
+    words = packed_a_floats(m, k)
+    if pack.ndim != 1 or pack.size < per_thread + words:
+        raise ValueError(f"gemm_op_bf16: pack is smaller than pack_workspace({words}) for a {m}x{k} op(a)")
+    pa = pack[per_thread : per_thread + words].view(np.uint32).reshape(((m + OM - 1) // OM, (k + 1) // 2, OM))
+    rows = pack[:per_thread].reshape((threads, PACK_FLOATS))
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, rows, rows.view(np.uint32), pa,
+             matmul._block_rows(m, n, threads, min_rows=OM))
+
+
+# The layers of kernels/linear.py with every product in bf16 (the same functions, arguments and
+# epilogues): a bf16 run's engine is kernels with these four swapped in (fastfcnn.engine).
+
+def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out, pack):
+    normalise(xb, mean, inv_std, x)
+    linear_forward(x, w, b, relu, out, pack)
+
+
+def linear_forward(x, w, b, relu, out, pack):
+    gemm_op_bf16(x, False, w, True, out, b, out, BIAS_RELU if relu else BIAS, pack)
+
+
+def linear_grad_params(dy, x, dw, db, pack):
+    bias_grad(dy, db)
+    gemm_op_bf16(dy, True, x, False, dw, db, dw, PLAIN, pack)
+
+
+def linear_grad_input(dy, w, x, dx, pack):
+    gemm_op_bf16(dy, False, w, False, dx, dx[0], x, MASK, pack)
