@@ -1,0 +1,94 @@
+"""Transposing 16x16 blocks in vector registers, for packing a panel from rows of its source.
+
+The products' packing (kernels/matmul.py, kernels/bf16.py) writes panels of k rows by ON columns.
+Where a column of the panel is a row of the source (op(a) = a for the left operand, op(b) = b.T
+for the right one), a plain loop stores one element at a time at a stride of ON words, and that
+dominated the packing. Here 16 rows of 16 words are loaded as vectors, transposed with 64
+two-source shuffles (4 rounds that swap ever smaller off-diagonal blocks) and stored as 16
+contiguous rows of the panel. Numba has no vector types, so this is written in LLVM IR.
+
+For bf16 panels a word is a pair of bfloat16 numbers, consecutive along k (the lower half is the
+even k), rounded to nearest even from 32 floats of the source row (NaN kept, quietened), as
+kernels/bf16.to_bf16 does one at a time.
+"""
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+N = 16
+
+
+def _transpose(builder, rows):
+    """The 16 <16 x i32> vectors rows, transposed: out[k][q] = rows[q][k]."""
+    rows = list(rows)
+    b = N // 2
+    while b >= 1:
+        for r in range(N):
+            if r & b:
+                continue
+            lo, hi = rows[r], rows[r + b]
+            # new[r][c] = old[r][c] (c & b == 0) or old[r+b][c-b]; new[r+b][c] = old[r][c+b] or old[r+b][c]
+            m_lo = [c if not c & b else N + c - b for c in range(N)]
+            m_hi = [c + b if not c & b else N + c for c in range(N)]
+            i32 = ir.IntType(32)
+            rows[r] = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, N), m_lo))
+            rows[r + b] = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, N), m_hi))
+        b //= 2
+    return rows
+
+
+def _round_bf16(builder, u):
+    """Lanes of <16 x i32> float bits -> the bfloat16 bits nearest (ties to even), NaN quietened."""
+    vi = u.type
+    c = lambda v: ir.Constant(vi, [v] * N)            # noqa: E731
+    nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
+    odd = builder.and_(builder.lshr(u, c(16)), c(1))
+    rounded = builder.lshr(builder.add(builder.add(u, c(0x7FFF)), odd), c(16))
+    quiet = builder.or_(builder.lshr(u, c(16)), c(0x40))
+    return builder.select(nan, quiet, rounded)
+
+
+def _codegen(pairs):
+    def codegen(context, builder, signature, args):
+        src_t, _, _, dst_t = signature.args[:4]
+        src, r0, c0, dst, k0, q0 = args
+        src_a = context.make_array(src_t)(context, builder, src)
+        dst_a = context.make_array(dst_t)(context, builder, dst)
+        i32 = ir.IntType(32)
+        vi = ir.VectorType(i32, N)
+        rows = []
+        for q in range(N):
+            r = builder.add(r0, ir.Constant(r0.type, q))
+            if pairs:
+                halves = []
+                for h in range(2):
+                    col = builder.add(c0, ir.Constant(c0.type, N * h))
+                    ptr = cgutils.get_item_pointer(context, builder, src_t, src_a, [r, col], wraparound=False)
+                    v = builder.load(builder.bitcast(ptr, vi.as_pointer()), align=4)
+                    halves.append(_round_bf16(builder, v))
+                even = builder.shuffle_vector(halves[0], halves[1], ir.Constant(vi, list(range(0, 2 * N, 2))))
+                odd = builder.shuffle_vector(halves[0], halves[1], ir.Constant(vi, list(range(1, 2 * N, 2))))
+                rows.append(builder.or_(even, builder.shl(odd, ir.Constant(vi, [16] * N))))
+            else:
+                ptr = cgutils.get_item_pointer(context, builder, src_t, src_a, [r, c0], wraparound=False)
+                rows.append(builder.load(builder.bitcast(ptr, vi.as_pointer()), align=4))
+        for k, v in enumerate(_transpose(builder, rows)):
+            row = builder.add(k0, ir.Constant(k0.type, k))
+            ptr = cgutils.get_item_pointer(context, builder, dst_t, dst_a, [row, q0], wraparound=False)
+            builder.store(v, builder.bitcast(ptr, vi.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return codegen
+
+
+@intrinsic
+def block_t(typingctx, src, r0, c0, dst, k0, q0):
+    """dst[k0 + k, q0 + q] = src[r0 + q, c0 + k] for k, q < 16: src, dst 2-D arrays of 32-bit
+    elements (float32 into a float32 panel) with contiguous rows; no bounds checks."""
+    return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), _codegen(pairs=False)
+
+
+@intrinsic
+def block_t_bf16(typingctx, src, r0, c0, dst, k0, q0):
+    """dst[k0 + k, q0 + q] = the bf16 pair src[r0 + q, c0 + 2k], src[r0 + q, c0 + 2k + 1] for
+    k, q < 16: src float32 with contiguous rows, dst a uint32 panel; no bounds checks."""
+    return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), _codegen(pairs=True)
