@@ -34,7 +34,7 @@ from .config import kernel, serial_kernel, variant
 from .linear import bias_grad, normalise
 from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PACK_FLOATS, PLAIN, check_op_args
 from .prefetch import prefetch
-from .transpose import block_t_bf16
+from .transpose import block_t8_bf16, block_t16_bf16
 
 # The feature string the kernels compile for (config.py sets it from the host unless the user did):
 # masking AVX-512 off (fastfcnn bench --avx2) masks bf16 too.
@@ -114,14 +114,19 @@ def _pack_cols(src, panels, r0, r1, k0, kn, kd):
         c0 = 2 * k0
         c1 = min(c0 + 2 * kn, kk)
         full = (c1 - c0) // 2                    # whole pairs; an odd last column pairs with zero
-        blocks, q16 = full // 16, rows // 16 * 16
-        for qb in range(0, q16, 16):             # 16 rows x 16 pairs at a time, transposed in registers
+        # 16 pairs by 16 rows (or a whole 8-row panel) at a time, transposed in registers
+        step = 16 if w % 16 == 0 else (8 if w == 8 else 0)
+        blocks, q_full = full // 16, rows // step * step if step else 0
+        for qb in range(0, q_full, max(step, 1)):
             for b in range(blocks):
-                block_t_bf16(src, s0 + qb, c0 + 32 * b, p, kd + 16 * b, qb)
+                if step == 16:
+                    block_t16_bf16(src, s0 + qb, c0 + 32 * b, p, kd + 16 * b, qb)
+                else:
+                    block_t8_bf16(src, s0 + qb, c0 + 32 * b, p, kd + 16 * b, qb)
         for q in range(w):
             if q < rows:
                 row = src[s0 + q, c0:c1]
-                for k in range(blocks * 16 if q < q16 else 0, full):
+                for k in range(blocks * 16 if q < q_full else 0, full):
                     p[kd + k, q] = _pair(row[2 * k], row[2 * k + 1])
                 if full < kn:
                     p[kd + full, q] = to_bf16(row[2 * full])

@@ -27,7 +27,7 @@ from numba import prange
 from . import tile as tiles
 from .config import AVX512, kernel, serial_kernel
 from .prefetch import prefetch
-from .transpose import block_t
+from .transpose import block_t6, block_t8, block_t16
 
 TM, TN = 4, 6  # register tile: TM rows of a x TN rows of b
 KC = 1024    # reduction block (floats)
@@ -194,14 +194,21 @@ def _pack_cols(src, panels, r0, r1, k0, kn, kd):
         p = panels[t]
         s0 = r0 + t * w
         rows = min(w, r1 - s0)
-        blocks, q16 = kn // 16, rows // 16 * 16
-        for qb in range(0, q16, 16):             # 16 x 16 at a time, transposed in registers
+        # 16 k by 16 rows (or a whole 8- or 6-row panel) at a time, transposed in registers
+        step = 16 if w % 16 == 0 else (w if w == 8 or w == 6 else 0)
+        blocks, q_full = kn // 16, rows // step * step if step else 0
+        for qb in range(0, q_full, max(step, 1)):
             for b in range(blocks):
-                block_t(src, s0 + qb, k0 + 16 * b, p, kd + 16 * b, qb)
+                if step == 16:
+                    block_t16(src, s0 + qb, k0 + 16 * b, p, kd + 16 * b, qb)
+                elif step == 8:
+                    block_t8(src, s0 + qb, k0 + 16 * b, p, kd + 16 * b, qb)
+                else:
+                    block_t6(src, s0 + qb, k0 + 16 * b, p, kd + 16 * b, qb)
         for q in range(w):
             if q < rows:
                 row = src[s0 + q, k0 : k0 + kn]
-                for k in range(blocks * 16 if q < q16 else 0, kn):
+                for k in range(blocks * 16 if q < q_full else 0, kn):
                     p[kd + k, q] = row[k]
             else:
                 for k in range(kn):

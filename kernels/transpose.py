@@ -48,7 +48,7 @@ def _round_bf16(builder, u):
     return builder.select(nan, quiet, rounded)
 
 
-def _codegen(pairs):
+def _codegen(pairs, nrows):
     def codegen(context, builder, signature, args):
         src_t, _, _, dst_t = signature.args[:4]
         src, r0, c0, dst, k0, q0 = args
@@ -57,7 +57,7 @@ def _codegen(pairs):
         i32 = ir.IntType(32)
         vi = ir.VectorType(i32, N)
         rows = []
-        for q in range(N):
+        for q in range(nrows):
             r = builder.add(r0, ir.Constant(r0.type, q))
             if pairs:
                 halves = []
@@ -72,23 +72,27 @@ def _codegen(pairs):
             else:
                 ptr = cgutils.get_item_pointer(context, builder, src_t, src_a, [r, c0], wraparound=False)
                 rows.append(builder.load(builder.bitcast(ptr, vi.as_pointer()), align=4))
+        rows += [ir.Constant(vi, None)] * (N - nrows)     # a narrow panel: the lanes past nrows are not stored
+        part = ir.VectorType(i32, nrows)
         for k, v in enumerate(_transpose(builder, rows)):
+            if nrows < N:
+                v = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, nrows), list(range(nrows))))
             row = builder.add(k0, ir.Constant(k0.type, k))
             ptr = cgutils.get_item_pointer(context, builder, dst_t, dst_a, [row, q0], wraparound=False)
-            builder.store(v, builder.bitcast(ptr, vi.as_pointer()), align=4)
+            builder.store(v, builder.bitcast(ptr, part.as_pointer()), align=4)
         return context.get_dummy_value()
     return codegen
 
 
-@intrinsic
-def block_t(typingctx, src, r0, c0, dst, k0, q0):
-    """dst[k0 + k, q0 + q] = src[r0 + q, c0 + k] for k, q < 16: src, dst 2-D arrays of 32-bit
-    elements (float32 into a float32 panel) with contiguous rows; no bounds checks."""
-    return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), _codegen(pairs=False)
+def _block(pairs, nrows):
+    def block(typingctx, src, r0, c0, dst, k0, q0):
+        return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), _codegen(pairs, nrows)
+    return intrinsic(block)
 
 
-@intrinsic
-def block_t_bf16(typingctx, src, r0, c0, dst, k0, q0):
-    """dst[k0 + k, q0 + q] = the bf16 pair src[r0 + q, c0 + 2k], src[r0 + q, c0 + 2k + 1] for
-    k, q < 16: src float32 with contiguous rows, dst a uint32 panel; no bounds checks."""
-    return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), _codegen(pairs=True)
+# dst[k0 + k, q0 + q] = src[r0 + q, c0 + k] for k < 16 and q < 16, 8 or 6 (the panel widths of the
+# AVX-512 and AVX2 tiles): src, dst 2-D arrays of 32-bit elements with contiguous rows; no bounds checks.
+block_t16, block_t8, block_t6 = (_block(False, n) for n in (16, 8, 6))
+# dst[k0 + k, q0 + q] = the bf16 pair src[r0 + q, c0 + 2k], src[r0 + q, c0 + 2k + 1] for k < 16 and
+# q < 16 or 8: src float32 with contiguous rows, dst a uint32 panel; no bounds checks.
+block_t16_bf16, block_t8_bf16 = (_block(True, n) for n in (16, 8))
