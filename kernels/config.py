@@ -18,12 +18,14 @@ configuration whenever a NUMBA_* variable changes), then Numba's configuration i
 must happen before Numba first compiles, which is why it happens on import.
 """
 import functools
+import hashlib
 import os
 import types
 
 import llvmlite.binding
 import numba
 import numba.core.config
+from numba.core.caching import CacheImpl, InTreeCacheLocator, UserProvidedCacheLocator
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
@@ -52,6 +54,49 @@ else:
 # tile of the matrix products (kernels/matmul.py).
 os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
 numba.core.config.reload_config()
+
+
+# Numba keys the JIT cache of a function by a hash of its own source file, so a kernel whose helpers
+# (inlined from another file: the register tiles, the transposes, the bf16 packing compiled into
+# matmul.py's _gemm_op source) changed would load stale machine code. For the files of kernels/ the
+# key is a hash of all of them: editing any kernel recompiles every kernel, and never runs old code.
+KERNELS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@functools.lru_cache(maxsize=None)
+def _files_hash(stamps: tuple) -> bytes:
+    digest = hashlib.sha256()
+    for name, _, _ in stamps:
+        with open(os.path.join(KERNELS_DIR, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read())
+    return digest.digest()
+
+
+class _KernelsStamp:
+    def get_source_stamp(self):
+        stamps = []
+        for name in sorted(os.listdir(KERNELS_DIR)):
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(KERNELS_DIR, name))
+                stamps.append((name, st.st_mtime, st.st_size))
+        return _files_hash(tuple(stamps))
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if os.path.dirname(os.path.abspath(py_file)) != KERNELS_DIR:
+            return None
+        return super().from_function(py_func, py_file)
+
+
+class _KernelsInTree(_KernelsStamp, InTreeCacheLocator):
+    pass
+
+
+class _KernelsUserDir(_KernelsStamp, UserProvidedCacheLocator):     # NUMBA_CACHE_DIR set
+    pass
+
+
+CacheImpl._locator_classes[:0] = [_KernelsUserDir, _KernelsInTree]
 
 
 def kernel(fn):

@@ -220,3 +220,22 @@ def test_the_avx2_tile_on_this_machine(tmp_path):
     env = dict(os.environ, NUMBA_CPU_FEATURES=avx2_features(), NUMBA_CACHE_DIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", AVX2_CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_jit_cache_key_covers_every_kernel_file(tmp_path, monkeypatch):
+    """A kernel inlines helpers from other files of kernels/ (tiles, transposes, the bf16 packing),
+    so editing any of them must invalidate every cached kernel, not just its own file's."""
+    import shutil
+    from pathlib import Path
+
+    from fastfcnn.kernels import config
+    for f in Path(config.KERNELS_DIR).glob("*.py"):
+        shutil.copy(f, tmp_path / f.name)
+    monkeypatch.setattr(config, "KERNELS_DIR", str(tmp_path))
+    locator = config._KernelsInTree.from_function(matmul._gemm_op.py_func, str(tmp_path / "matmul.py"))
+    before = locator.get_source_stamp()
+    assert locator.get_source_stamp() == before
+    helper = tmp_path / "transpose.py"
+    helper.write_text(helper.read_text() + "\n# edited\n")
+    assert locator.get_source_stamp() != before
+    assert config._KernelsInTree.from_function(matmul._gemm_op.py_func, str(tmp_path.parent / "other.py")) is None
