@@ -16,10 +16,6 @@ vector types, and `vdpbf16ps` takes <32 x bfloat> operands.
 
 Compiling any of this on a CPU without AVX512_BF16 fails inside LLVM: callers check `AVAILABLE`
 first (fastfcnn.engine turns it into one clear error).
-
-Numba keys a JIT cache by the file of the function's source, and _gemm_op_bf16's source is in
-matmul.py: after editing the helpers here, delete kernels/__pycache__/*bf16* (a new install
-rewrites every file, so users never see a stale kernel).
 """
 import os
 
@@ -34,7 +30,7 @@ from .config import kernel, serial_kernel, variant
 from .linear import bias_grad, normalise
 from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PACK_FLOATS, PLAIN, check_op_args
 from .prefetch import prefetch
-from .transpose import block_t8_bf16, block_t16_bf16
+from .transpose import block_t8_bf16, block_t16_bf16, pair_rows16_bf16
 
 # The feature string the kernels compile for (config.py sets it from the host unless the user did):
 # masking AVX-512 off (fastfcnn bench --avx2) masks bf16 too.
@@ -79,26 +75,26 @@ def _pair(lo, hi):
 @serial_kernel
 def _pack_rows(src, panels, c0, c1, k0, kn, kd):
     """panels[t, kd + p, q] = the pair src[2(k0+p), c], src[2(k0+p)+1, c] of column c = c0 + t*w + q,
-    zero past column c1 and past the last row of src: rows of src are the k of the product."""
+    zero past column c1 and past the last row of src: rows of src are the k of the product. Each
+    pair of rows is read once, along its length, for all the panels (a pass per panel over rows
+    a multiple of 4 KB apart kept evicting them from L1)."""
     w = panels.shape[2]
     kk = src.shape[0]
-    for t in range((c1 - c0 + w - 1) // w):
-        p = panels[t]
-        s0 = c0 + t * w
-        cols = min(w, c1 - s0)
-        for k in range(kn):
-            dst = p[kd + k]
-            r = 2 * (k0 + k)
-            even = src[r, s0 : s0 + cols]
-            if r + 1 < kk:
-                odd = src[r + 1, s0 : s0 + cols]
-                for q in range(cols):
-                    dst[q] = _pair(even[q], odd[q])
-            else:
-                for q in range(cols):
-                    dst[q] = to_bf16(even[q])
-            for q in range(cols, w):
-                dst[q] = np.uint32(0)
+    n_t = (c1 - c0 + w - 1) // w
+    cols = c1 - c0
+    for k in range(kn):
+        r = 2 * (k0 + k)
+        if r + 1 < kk:
+            vec = cols // 16 * 16 if w % 16 == 0 else 0      # 16 columns within one panel
+            for c in range(0, vec, 16):
+                pair_rows16_bf16(src, r, c0 + c, panels[c // w], kd + k, c % w)
+            for c in range(vec, cols):
+                panels[c // w, kd + k, c % w] = _pair(src[r, c0 + c], src[r + 1, c0 + c])
+        else:
+            for c in range(cols):
+                panels[c // w, kd + k, c % w] = to_bf16(src[r, c0 + c])
+        for c in range(cols, n_t * w):
+            panels[c // w, kd + k, c % w] = np.uint32(0)
 
 
 @serial_kernel

@@ -96,3 +96,26 @@ block_t16, block_t8, block_t6 = (_block(False, n) for n in (16, 8, 6))
 # dst[k0 + k, q0 + q] = the bf16 pair src[r0 + q, c0 + 2k], src[r0 + q, c0 + 2k + 1] for k < 16 and
 # q < 16 or 8: src float32 with contiguous rows, dst a uint32 panel; no bounds checks.
 block_t16_bf16, block_t8_bf16 = (_block(True, n) for n in (16, 8))
+
+
+@intrinsic
+def pair_rows16_bf16(typingctx, src, r, c, dst, k, q):
+    """dst[k, q + j] = the bf16 pair src[r, c + j], src[r + 1, c + j] for j < 16 (the panels of a
+    (K, N) operand: two rows of the source are two consecutive k). Needs no transpose, but Numba
+    would do this arithmetic on 64-bit lanes; no bounds checks."""
+    def codegen(context, builder, signature, args):
+        src_t, _, _, dst_t = signature.args[:4]
+        src_v, r_v, c_v, dst_v, k_v, q_v = args
+        src_a = context.make_array(src_t)(context, builder, src_v)
+        dst_a = context.make_array(dst_t)(context, builder, dst_v)
+        vi = ir.VectorType(ir.IntType(32), N)
+        halves = []
+        for h in range(2):
+            row = builder.add(r_v, ir.Constant(r_v.type, h))
+            ptr = cgutils.get_item_pointer(context, builder, src_t, src_a, [row, c_v], wraparound=False)
+            halves.append(_round_bf16(builder, builder.load(builder.bitcast(ptr, vi.as_pointer()), align=4)))
+        word = builder.or_(halves[0], builder.shl(halves[1], ir.Constant(vi, [16] * N)))
+        ptr = cgutils.get_item_pointer(context, builder, dst_t, dst_a, [k_v, q_v], wraparound=False)
+        builder.store(word, builder.bitcast(ptr, vi.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
