@@ -95,7 +95,11 @@ RESUMABLE_CHANGES = {"epochs"}
 
 
 def config_differences(saved: dict, wanted: dict) -> list[str]:
-    """Names of options whose values differ between a checkpoint's config and the requested one."""
+    """Names of options whose values differ between a checkpoint's config and the requested one.
+    An option the checkpoint lacks was added to fastfcnn after it was written: the run used what
+    is now its default (precision fp32, say)."""
+    from .config import defaults
+    saved = defaults() | saved
     return sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
 
 

@@ -288,3 +288,11 @@ def test_a_cpu_without_bf16_is_one_clear_error(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "AVX512_BF16" in proc.stderr
+
+
+def test_runs_checkpointed_before_precision_existed_resume_in_fp32():
+    from fastfcnn.checkpoint import config_differences
+    from fastfcnn.config import defaults
+    old = {k: v for k, v in defaults().items() if k != "precision"}
+    assert config_differences(old, defaults()) == []
+    assert config_differences(old, defaults() | {"precision": "bf16"}) == ["precision"]

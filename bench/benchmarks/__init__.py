@@ -20,6 +20,9 @@ except ImportError:  # a commit from before the suite: its benchmarks are skippe
 QUICK = os.environ.get("FASTFCNN_BENCH_QUICK") == "1"
 NETS = ["seed"] if QUICK else ["seed", "wide"]
 ENGINES = ["numba", "numpy"]
+# The kernel benchmarks also time the numba engine in bf16 (--precision bf16) where the CPU has
+# AVX512_BF16; elsewhere, and on commits from before it, they are skipped (n/a).
+KERNEL_ENGINES = ENGINES + ["numba-bf16"]
 # Images in one timed epoch: the full 50,000 for the seed net; the wide net does 5,000 (20 steps,
 # ~1.5 s with numba and ~4 s with numpy on 2 cores) so that one asv run stays within minutes.
 EPOCH_IMAGES = {"seed": 2_000, "wide": 2_000} if QUICK else {"seed": 50_000, "wide": 5_000}
@@ -43,10 +46,21 @@ def require_suite() -> None:
         raise NotImplementedError("this commit has no fastfcnn.bench.common")
 
 
+def require_bf16() -> None:
+    """Raise NotImplementedError (skipped) where the numba engine has no bf16 here."""
+    if getattr(common, "BF16", None) is None:
+        raise NotImplementedError("this commit has no --precision bf16")
+    from fastfcnn.kernels import bf16
+    if not bf16.AVAILABLE:
+        raise NotImplementedError("this CPU has no AVX512_BF16")
+
+
 def trainer(net: str, engine: str, n_images: int = 50_000):
     """A ready Trainer for one of common.NETS, with threads pinned. Built once per process: asv
     re-runs a benchmark's setup before every sample."""
     require_suite()
+    if engine == "numba-bf16":
+        require_bf16()
     set_threads(threads())
     return _trainer(net, engine, EPOCH_IMAGES[net] if QUICK else n_images)
 

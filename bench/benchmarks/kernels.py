@@ -1,5 +1,5 @@
 """Each kernel phase of one training step (common.step_phases), and GFLOP/s of the matrix products."""
-from . import ENGINES, NETS, best_seconds, common, trainer
+from . import KERNEL_ENGINES, NETS, best_seconds, common, trainer
 
 # Phase groups: step_phases names the forward and backward pass once per layer ("forward[0] 3072x64").
 PHASES = ["gather", "forward", "softmax_xent_grad", "backward", "sgd_momentum_update"]
@@ -19,7 +19,7 @@ def grouped_phases(net, engine):
 
 class Phase:
     """Time of one phase of a full-batch step (all layers of it), threads pinned (see __init__)."""
-    params = [NETS, ENGINES, PHASES]
+    params = [NETS, KERNEL_ENGINES, PHASES]
     param_names = ["net", "engine", "phase"]
 
     def setup(self, net, engine, phase):
@@ -32,7 +32,7 @@ class Phase:
 class MatmulThroughput:
     """GFLOP/s of the matrix products (forward and backward phases) of one step; `sgemm` is
     np.matmul on the same shapes (common.sgemm_phases), the practical peak."""
-    params = [NETS, ENGINES + ["sgemm"]]
+    params = [NETS, KERNEL_ENGINES + ["sgemm"]]
     param_names = ["net", "engine"]
     unit = "GFLOP/s"
 
