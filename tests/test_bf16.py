@@ -296,3 +296,25 @@ def test_runs_checkpointed_before_precision_existed_resume_in_fp32():
     old = {k: v for k, v in defaults().items() if k != "precision"}
     assert config_differences(old, defaults()) == []
     assert config_differences(old, defaults() | {"precision": "bf16"}) == ["precision"]
+
+
+@needs_bf16
+@pytest.mark.parametrize("w", [8, 32])
+@pytest.mark.parametrize("k_cols", [77, 78])
+def test_bf16_panels_hold_rounded_pairs(w, k_cols):
+    """Both packings of kernels/bf16.py against NumPy: pairs of consecutive k, rounded, the even k in
+    the low half, an odd last k paired with zero; from source rows (_pack_cols, transposed in
+    registers) and from source columns (_pack_rows)."""
+    rng = np.random.default_rng(w + k_cols)
+    src = rng.standard_normal((61, k_cols), dtype=np.float32)
+    r0, r1, k0, kd = 3, 58, 2, 1
+    kn = (k_cols + 1) // 2 - k0
+    n_panels = (r1 - r0 + w - 1) // w
+    halves = np.zeros((n_panels * w, 2 * kn), np.uint32)
+    halves[: r1 - r0, : k_cols - 2 * k0] = bits(to_bf16(src[r0:r1, 2 * k0 :])) >> 16
+    want = halves[:, 0::2] | (halves[:, 1::2] << 16)            # (rows, pairs)
+    for pack, source in ((bf16._pack_cols, src), (bf16._pack_rows, np.ascontiguousarray(src.T))):
+        panels = np.zeros((n_panels, kd + kn, w), np.uint32)
+        pack(source, panels, r0, r1, k0, kn, kd)
+        got = panels[:, kd:, :].transpose(0, 2, 1).reshape(n_panels * w, kn)
+        np.testing.assert_array_equal(got, want)

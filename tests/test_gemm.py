@@ -239,3 +239,20 @@ def test_the_jit_cache_key_covers_every_kernel_file(tmp_path, monkeypatch):
     helper.write_text(helper.read_text() + "\n# edited\n")
     assert locator.get_source_stamp() != before
     assert config._KernelsInTree.from_function(matmul._gemm_op.py_func, str(tmp_path.parent / "other.py")) is None
+
+
+@pytest.mark.parametrize("w", [6, 8, 16, 32])
+def test_panels_packed_from_source_rows_are_the_transpose(w):
+    """_pack_cols (register transposes of 16x16 blocks, scalar remainders) against NumPy, for every
+    panel width the tiles use, with row and k ranges that leave remainders on both sides."""
+    rng = np.random.default_rng(w)
+    src = rng.standard_normal((61, 77), dtype=np.float32)
+    r0, r1, k0, kn, kd = 3, 58, 5, 50, 2
+    n_panels = (r1 - r0 + w - 1) // w
+    panels = np.full((n_panels, kd + kn, w), np.nan, np.float32)
+    matmul._pack_cols(src, panels, r0, r1, k0, kn, kd)
+    want = np.zeros((n_panels * w, kn), np.float32)
+    want[: r1 - r0] = src[r0:r1, k0 : k0 + kn]
+    got = panels[:, kd:, :].transpose(0, 2, 1).reshape(n_panels * w, kn)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(panels[:, :kd]).all()                # rows before kd are left alone
