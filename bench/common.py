@@ -13,14 +13,14 @@ NETS = {
 }
 ENGINES = ("numba", "numpy")
 BF16 = "numba-bf16"      # the numba engine with --precision bf16 (fastfcnn bench --precision bf16)
+N_TRAIN = 50_000
+FEATURES = 3072
+CLASSES = 10
 
 
 def engine_options(engine: str) -> dict:
     """The TrainConfig options of a bench engine label: numba, numpy or numba-bf16."""
     return {"engine": "numba", "precision": "bf16"} if engine == BF16 else {"engine": engine}
-N_TRAIN = 50_000
-FEATURES = 3072
-CLASSES = 10
 
 
 def synthetic_cifar(n_train: int = N_TRAIN, n_test: int = 1000, seed: int = 0) -> Dataset:

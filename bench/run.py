@@ -122,8 +122,9 @@ def run(nets, threads, data_dir: Path | None, quick: bool, repeats: int | None, 
         data = common.synthetic_cifar(n_train, n_test=n_test)
         source = "synthetic"
     from fastfcnn.engine import versions
-    report = {"threads": counts[0], "thread_counts": counts, "precision": precision, "quick": quick, "repeats": repeats, "data": source,
-              "n_train": int(len(data.y_train)), "versions": versions(), "nets": {}}
+    report = {"threads": counts[0], "thread_counts": counts, "precision": precision, "quick": quick,
+              "repeats": repeats, "data": source, "n_train": int(len(data.y_train)), "versions": versions(),
+              "nets": {}}
     data_args = {"threads": counts[0], "n_train": int(len(data.y_train)), "n_test": n_test,
                  "data_dir": None if data_dir is None else str(data_dir)}
     peer = Peers(counts, data_args, log) if peers else None

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from fastfcnn.cli import app
 from fastfcnn.engine import max_threads, set_threads
+from fastfcnn.kernels import bf16
 
 
 def positive(x):
@@ -22,14 +23,17 @@ def positive_int(x):
 
 
 COUNTS = [1, 2] if max_threads() >= 2 else [1]
+BF16_AVAILABLE = bf16.AVAILABLE
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    """(CLI output, JSON report) of `fastfcnn bench --quick --threads 1,2` (1 on a 1-core machine)."""
+    """(CLI output, JSON report) of `fastfcnn bench --quick --threads 1,2` (1 on a 1-core machine),
+    with --precision bf16 where the CPU has AVX512_BF16."""
     path = tmp_path_factory.mktemp("bench") / "bench.json"
+    precision = ["--precision", "bf16"] if BF16_AVAILABLE else []
     result = CliRunner().invoke(app, ["bench", "--quick", "--threads", ",".join(map(str, COUNTS)),
-                                      "--json", str(path)])
+                                      "--json", str(path), *precision])
     set_threads(None)             # the run leaves the kernels and BLAS on its first count
     assert result.exit_code == 0, result.output
     return result.output, json.loads(path.read_text())
@@ -93,7 +97,7 @@ def test_bench_sweep_json(quick):
                 assert all(v == 1.0 for v in ups.values())
             assert epochs["numba"] == sweep["runs"][str(n)][net]["engines"]["numba"]["epoch_seconds_per_50k"]
     if len(COUNTS) > 1:
-        assert "by thread count" in output
+        assert "by thread count" in " ".join(output.split())
 
 
 def test_bench_overhead_and_regions(quick):
@@ -112,7 +116,25 @@ def test_bench_overhead_and_regions(quick):
     assert regions["by_kernel"] == {"gather_batch": 1, "normalise": 1, "gemm_nt": 3, "_gemm_op": 5,
                                     "sgd_momentum_update": 1}
     assert regions["parallel_kernel_calls"] == 11
-    assert "Per-step overhead" in output and "parallel kernels" in output
+    text = " ".join(output.split())              # rich wraps lines at the console's width
+    assert "Per-step overhead" in text and "parallel kernels" in text
+
+
+@pytest.mark.skipif(not BF16_AVAILABLE, reason="this CPU has no AVX512_BF16")
+def test_bench_bf16_column(quick):
+    output, report = quick
+    assert report["precision"] == "bf16" and "numba-b" in output     # the column (rich may wrap its name)
+    for n in COUNTS:
+        for net in ("seed", "wide"):
+            e = report["sweep"]["runs"][str(n)][net]["engines"]["numba-bf16"]
+            assert positive(e["epoch_seconds_per_50k"]) and positive(e["matmul_gflops"])
+            assert any(p.startswith("forward[0]") for p in e["phases_ms"])
+        assert positive(report["overhead"]["step_us"][str(n)]["numba-bf16"])
+
+
+def test_bench_rejects_an_unknown_precision():
+    result = CliRunner().invoke(app, ["bench", "--quick", "--precision", "fp16"])
+    assert result.exit_code == 1 and "--precision must be one of fp32, bf16" in result.output
 
 
 def test_bench_threading_layer_and_isa(quick):

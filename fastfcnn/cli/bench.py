@@ -83,8 +83,8 @@ def bench(
         if proc.returncode:
             raise typer.Exit(proc.returncode)
         return
-    report = run(chosen, counts, data_dir, quick, repeats, log=lambda m: err.print(f"bench: {m}", highlight=False, markup=False),
-                 precision=precision)
+    report = run(chosen, counts, data_dir, quick, repeats, precision=precision,
+                 log=lambda m: err.print(f"bench: {m}", highlight=False, markup=False))
     render(report, out)
     if json_path is not None:
         make_out_dir(json_path.parent)

@@ -39,7 +39,8 @@ def evaluate(
         raise UserError("--flip-tta needs a model trained on images")
     loss, acc = evaluate_on(E, model, dataset, flip_tta=flip_tta)
     result = {"test_accuracy": acc, "test_loss": loss, "n_test": int(len(dataset.y_test)),
-              "model": str(model_path), "sizes": model.sizes, "engine": engine, "precision": precision, "flip_tta": flip_tta}
+              "model": str(model_path), "sizes": model.sizes, "engine": engine, "precision": precision,
+              "flip_tta": flip_tta}
     if as_json:
         print(json.dumps(result))
     else:
