@@ -9,7 +9,8 @@ contiguous rows of the panel. Numba has no vector types, so this is written in L
 
 For bf16 panels a word is a pair of bfloat16 numbers, consecutive along k (the lower half is the
 even k), rounded to nearest even from 32 floats of the source row (NaN kept, quietened), as
-kernels/bf16.to_bf16 does one at a time.
+kernels/bf16.to_bf16 does one at a time. pair_rows16_bf16 serves the other layout (two rows of the
+source are two consecutive k): no transpose, only the rounding in 32-bit lanes.
 """
 from llvmlite import ir
 from numba.core import cgutils, types
