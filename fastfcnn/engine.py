@@ -41,7 +41,7 @@ class MixedEngine:
     from `base`."""
 
     def __init__(self, base, layers):
-        self.base, self.layers = base, layers
+        self.base = base
         for fn in LAYER_FUNCTIONS:
             setattr(self, fn, getattr(layers, fn))
 

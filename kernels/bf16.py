@@ -19,7 +19,6 @@ first (fastfcnn.engine turns it into one clear error).
 """
 import os
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
@@ -28,7 +27,7 @@ from numba.extending import intrinsic
 from . import matmul
 from .config import kernel, serial_kernel, variant
 from .linear import bias_grad, normalise
-from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PACK_FLOATS, PLAIN, check_op_args
+from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PLAIN, check_op_args, split_pack
 from .prefetch import prefetch
 from .transpose import block_t8_bf16, block_t16_bf16, pair_rows16_bf16
 
@@ -200,25 +199,14 @@ _gemm_op = kernel(variant(matmul._gemm_op.py_func, "_gemm_op_bf16", _pack_a=_pac
                           _pack_cols=_pack_cols, _prefetch_rows=_prefetch_rows, tile=tile))
 
 
-def packed_a_floats(m: int, k: int) -> int:
-    """Words gemm_op_bf16 needs for op(a) (m, k) packed whole: pairs along k."""
-    return (m + OM - 1) // OM * OM * ((k + 1) // 2)
-
-
 def gemm_op_bf16(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     """out = epilogue(bf16(op(a)) @ bf16(op(b))), summed in float32: matmul.gemm_op's arguments,
-    shapes, modes and workspace (matmul.pack_workspace; it needs no more than gemm_op)."""
+    shapes, modes and workspace (matmul.pack_workspace; pairs along k need no more than gemm_op)."""
     m, n = out.shape
     k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
-    threads = numba.get_num_threads()
-    per_thread = threads * PACK_FLOATS
-    words = packed_a_floats(m, k)
-    if pack.ndim != 1 or pack.size < per_thread + words:
-        raise ValueError(f"gemm_op_bf16: pack is smaller than pack_workspace({words}) for a {m}x{k} op(a)")
-    pa = pack[per_thread : per_thread + words].view(np.uint32).reshape(((m + OM - 1) // OM, (k + 1) // 2, OM))
-    rows = pack[:per_thread].reshape((threads, PACK_FLOATS))
-    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, rows, rows.view(np.uint32), pa,
-             matmul._block_rows(m, n, threads, min_rows=OM))
+    rows, pa = split_pack(pack, m, k, (k + 1) // 2, "gemm_op_bf16")
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, rows, rows.view(np.uint32), pa.view(np.uint32),
+             matmul._block_rows(m, n, len(rows), min_rows=OM))
 
 
 # The layers of kernels/linear.py with every product in bf16 (the same functions, arguments and

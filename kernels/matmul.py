@@ -249,15 +249,21 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     """
     m, n = out.shape
     k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
+    rows, pa = split_pack(pack, m, k, k, "gemm_op")
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, rows, rows, pa, _block_rows(m, n, len(rows)))
+
+
+def split_pack(pack, m: int, k: int, k_panel: int, name: str):
+    """gemm_op's workspace (pack_workspace) cut into its per-thread rows (threads, PACK_FLOATS) and
+    the panels of op(a), (m, k) packed as (ceil(m/OM), k_panel, OM) words (k_panel: k, or the
+    pairs of k of the bf16 products), after checking it is large enough."""
     threads = numba.get_num_threads()
     per_thread = threads * PACK_FLOATS
-    a_floats = packed_a_floats(m, k)
-    if pack.ndim != 1 or pack.size < per_thread + a_floats:
-        raise ValueError(f"gemm_op: pack is smaller than pack_workspace({a_floats}) for a {m}x{k} op(a)")
-    pa = pack[per_thread : per_thread + a_floats].reshape(((m + OM - 1) // OM, k, OM))
-    per_thread_rows = pack[:per_thread].reshape((threads, PACK_FLOATS))
-    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, per_thread_rows, per_thread_rows, pa,
-             _block_rows(m, n, threads))
+    words = (m + OM - 1) // OM * OM * k_panel
+    if pack.ndim != 1 or pack.size < per_thread + words:
+        raise ValueError(f"{name}: pack is smaller than pack_workspace({words}) for a {m}x{k} op(a)")
+    pa = pack[per_thread : per_thread + words].reshape(((m + OM - 1) // OM, k_panel, OM))
+    return pack[:per_thread].reshape((threads, PACK_FLOATS)), pa
 
 
 def _block_rows(m: int, n: int, threads: int, min_rows: int = OMB) -> int:

@@ -22,6 +22,7 @@ N = 16
 def _transpose(builder, rows):
     """The 16 <16 x i32> vectors rows, transposed: out[k][q] = rows[q][k]."""
     rows = list(rows)
+    vi = ir.VectorType(ir.IntType(32), N)
     b = N // 2
     while b >= 1:
         for r in range(N):
@@ -31,9 +32,8 @@ def _transpose(builder, rows):
             # new[r][c] = old[r][c] (c & b == 0) or old[r+b][c-b]; new[r+b][c] = old[r][c+b] or old[r+b][c]
             m_lo = [c if not c & b else N + c - b for c in range(N)]
             m_hi = [c + b if not c & b else N + c for c in range(N)]
-            i32 = ir.IntType(32)
-            rows[r] = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, N), m_lo))
-            rows[r + b] = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, N), m_hi))
+            rows[r] = builder.shuffle_vector(lo, hi, ir.Constant(vi, m_lo))
+            rows[r + b] = builder.shuffle_vector(lo, hi, ir.Constant(vi, m_hi))
         b //= 2
     return rows
 
