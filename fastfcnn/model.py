@@ -122,8 +122,9 @@ def model_from_arrays(z, path) -> Model:
     layer_keys = {f"W{l}" for l in range(n_layers)} | {f"b{l}" for l in range(n_layers)}
     if not layer_keys <= keys or {k for k in keys if k[:1] in "Wb" and k[1:].isdigit()} != layer_keys:
         raise UserError(f"{bad} (layer arrays W0..W{n_layers - 1} and b0..b{n_layers - 1} do not match)")
-    weights = [np.asarray(z[f"W{l}"], np.float32) for l in range(n_layers)]
-    biases = [np.asarray(z[f"b{l}"], np.float32) for l in range(n_layers)]
+    # C order whatever the file holds: the products' packing reads rows as contiguous vectors
+    weights = [np.ascontiguousarray(z[f"W{l}"], np.float32) for l in range(n_layers)]
+    biases = [np.ascontiguousarray(z[f"b{l}"], np.float32) for l in range(n_layers)]
     if version == 1:
         image_shape = CIFAR_SHAPE
     else:
@@ -136,7 +137,7 @@ def model_from_arrays(z, path) -> Model:
                   [str(c) for c in np.asarray(z["class_names"]).reshape(-1)], json.loads(str(z["config"])),
                   image_shape=image_shape)
     if "whiten" in keys:
-        model.whiten = np.asarray(z["whiten"], np.float32)
+        model.whiten = np.ascontiguousarray(z["whiten"], np.float32)
         model.whiten_bias = np.asarray(z["whiten_bias"], np.float32)
     return model
 

@@ -42,9 +42,11 @@ class Workspace:
         The NumPy engine accepts it and leaves it alone."""
         if self._pack is None:
             cap, widths = self.capacity, self.sizes + ([self.raw_inputs] if self.raw_inputs else [])
-            # op(a) of every product: x (cap, in) forward, dy.T (out, cap) and dy (cap, out) backward
+            # op(a) of every product: x (cap, in) forward, dy.T (out, cap) and dy (cap, out) backward;
+            # op(b), shared by the tasks of a narrow product, reduces over a width or the batch
             floats = self.E.packed_a_floats
-            self._pack = self.E.pack_workspace(max(max(floats(cap, w), floats(w, cap)) for w in widths))
+            a_floats = max(max(floats(cap, w), floats(w, cap)) for w in widths)
+            self._pack = self.E.pack_workspace(a_floats + max(map(self.E.packed_b_floats, widths + [cap])))
         return self._pack
 
     def rows(self, n: int) -> "Views":

@@ -31,6 +31,10 @@ def packed_a_floats(m: int, k: int) -> int:
     return 0                         # nothing to pack: pack_workspace ignores its size
 
 
+def packed_b_floats(k: int) -> int:
+    return 0
+
+
 def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out, pack):
     np.subtract(xb, mean, out=x, dtype=np.float32)
     x *= inv_std

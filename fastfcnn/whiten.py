@@ -42,4 +42,5 @@ def fit_whitening(x, idx, mean, inv_std, kind: str, dims: int, eps: float) -> tu
         p = (u[:, :dims] * scale[:dims]).T
     else:
         raise ValueError(f"unknown whitening {kind!r}")
-    return p.astype(np.float32), (-(p @ mu)).astype(np.float32)
+    # C order: the products' packing reads rows of its operands as contiguous vectors
+    return np.ascontiguousarray(p, np.float32), (-(p @ mu)).astype(np.float32)

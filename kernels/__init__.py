@@ -3,7 +3,7 @@ from .dropout import dropout
 from .gather import PAD_REFLECT, PAD_ZERO, gather_augment, gather_batch
 from .linear import input_linear_forward, linear_forward, linear_grad_input, linear_grad_params
 from .loss import count_correct, softmax, softmax_xent_grad
-from .matmul import gemm_nt, gemm_op, pack_workspace, packed_a_floats
+from .matmul import gemm_nt, gemm_op, pack_workspace, packed_a_floats, packed_b_floats
 from .optim import adam_update, sgd_momentum_update
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "gemm_op",
     "pack_workspace",
     "packed_a_floats",
+    "packed_b_floats",
 ]

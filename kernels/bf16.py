@@ -19,6 +19,7 @@ first (fastfcnn.engine turns it into one clear error).
 """
 import os
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
@@ -132,6 +133,7 @@ def _pack_cols(src, panels, r0, r1, k0, kn, kd):
 
 # matmul._pack_a on pairs: panel p of op(a) into pa[p], pairs along k, zero past row m
 _pack_a = serial_kernel(variant(matmul._pack_a.py_func, "_pack_a_bf16", _pack_rows=_pack_rows, _pack_cols=_pack_cols))
+_pack_b = serial_kernel(variant(matmul._pack_b.py_func, "_pack_b_bf16", _pack_rows=_pack_rows, _pack_cols=_pack_cols))
 
 
 @serial_kernel
@@ -195,8 +197,8 @@ def tile(typingctx, pa, pb, out, i, j, kn, accumulate, chain):
     return sig, codegen
 
 
-_gemm_op = kernel(variant(matmul._gemm_op.py_func, "_gemm_op_bf16", _pack_a=_pack_a, _pack_rows=_pack_rows,
-                          _pack_cols=_pack_cols, _prefetch_rows=_prefetch_rows, tile=tile))
+_gemm_op = kernel(variant(matmul._gemm_op.py_func, "_gemm_op_bf16", _pack_a=_pack_a, _pack_b=_pack_b,
+                          _prefetch_rows=_prefetch_rows, tile=tile))
 
 
 def gemm_op_bf16(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
@@ -204,9 +206,10 @@ def gemm_op_bf16(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     shapes, modes and workspace (matmul.pack_workspace; pairs along k need no more than gemm_op)."""
     m, n = out.shape
     k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
-    rows, pa = split_pack(pack, m, k, (k + 1) // 2, "gemm_op_bf16")
+    omb = matmul._block_rows(m, n, numba.get_num_threads(), min_rows=OM)
+    rows, pa, pbs = split_pack(pack, m, n, k, (k + 1) // 2, omb, "gemm_op_bf16")
     _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, rows, rows.view(np.uint32), pa.view(np.uint32),
-             matmul._block_rows(m, n, len(rows), min_rows=OM))
+             pbs.view(np.uint32), omb)
 
 
 # The layers of kernels/linear.py with every product in bf16 (the same functions, arguments and

@@ -2,10 +2,11 @@
 
 Weights are stored (out, in), like PyTorch. The backward products are gemm_op outer products
 (dw = dy.T @ x reduces over the short batch; dx = dy @ w), which read the operands as stored.
-The forward product (out = x @ w.T) takes gemm_op too when its output is at least 256 wide and
-has a 256-column block for every thread (matmul.op_suits); narrower ones (the seed net's 64
-units, a 10-class output layer, or 16 threads sharing 1024 units) take gemm_nt, whose 32x48
-blocks keep every thread busy.
+The forward product (out = x @ w.T) takes gemm_op too (matmul.op_suits) when its output has a
+256-column block for every thread, or is one block of columns at least a register tile wide
+with an input past L2 (the seed net's first layer: the threads share the rows and one packing
+of w); the others (a 10-class output layer, small inputs, or 16 threads sharing 1024 units)
+take gemm_nt, whose 32x48 blocks keep every thread busy and need no packing.
 """
 import numba
 import numpy as np
@@ -43,7 +44,7 @@ def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out, pack):
 def linear_forward(x, w, b, relu, out, pack):
     """out (B,H) = act(x (B,D) @ w (H,D).T + b (H,)), act = ReLU if relu else identity."""
     mode = BIAS_RELU if relu else BIAS
-    if op_suits(out.shape[0], out.shape[1], numba.get_num_threads()):
+    if op_suits(out.shape[0], out.shape[1], x.shape[1], numba.get_num_threads()):
         gemm_op(x, False, w, True, out, b, out, mode, pack)
     else:
         gemm_nt(x, w, out, b, out, mode)

@@ -12,8 +12,8 @@ A dot product ends in a horizontal sum of its vector, which costs little when th
 the 3072 inputs of a layer; in the backward products it runs over the 128 or 256 rows of a batch,
 where those sums took about a third of the time: hence a second kernel.
 
-`gemm_op` (backward: dw = dy.T @ x, dx = dy @ w; and forward when the output is wide enough,
-see op_suits) is built the other way round, like BLAS: a register tile of outer products
+`gemm_op` (backward: dw = dy.T @ x, dx = dy @ w; and forward unless the output is narrower than
+its register tile, see op_suits) is built the other way round, like BLAS: a register tile of outer products
 (kernels/tile.py: 8x32 with AVX-512, 6x16 with AVX2) over packed panels, with no horizontal sums
 and no transposed copies of its operands. It needs LLVM's SLP vectoriser (turned on in config.py).
 
@@ -161,9 +161,16 @@ def packed_a_floats(m: int, k: int) -> int:
     return (m + OM - 1) // OM * OM * k
 
 
+def packed_b_floats(k: int) -> int:
+    """Floats gemm_op needs to pack op(b) (k, n) once for all its tasks when out is one block of
+    columns (n <= ONB); without them each task packs the same b for itself."""
+    return max(1, (k + OKC - 1) // OKC) * OKC * ONB
+
+
 def pack_workspace(a_floats: int = 0) -> np.ndarray:
     """Scratch for gemm_op: PACK_FLOATS per Numba thread (about 0.3 MB each), then a_floats for
-    op(a) packed whole: at least packed_a_floats(m, k) of the largest product it serves."""
+    op(a) packed whole and a shared op(b): at least packed_a_floats(m, k) + packed_b_floats(k) of
+    the largest product it serves (packed_a_floats alone: each task packs b for itself)."""
     return np.empty(numba.config.NUMBA_NUM_THREADS * PACK_FLOATS + a_floats, np.float32)
 
 
@@ -224,6 +231,9 @@ def check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode):
     k = a.shape[0] if trans_a else a.shape[1]
     if mode not in (PLAIN, BIAS, BIAS_RELU, MASK):
         raise ValueError(f"gemm_op: unknown mode {mode}")
+    # the packing loads rows of a and b as vectors (kernels/transpose.py)
+    if (a.strides[1] != 4 and a.shape[1] > 1 and a.size) or (b.strides[1] != 4 and b.shape[1] > 1 and b.size):
+        raise ValueError(f"gemm_op: the rows of a and b must be contiguous (strides {a.strides}, {b.strides})")
     if (a.shape != ((k, m) if trans_a else (m, k)) or b.shape != ((n, k) if trans_b else (k, n))
             or (mode == MASK and mask.shape != out.shape)
             or (mode in (BIAS, BIAS_RELU) and bias.shape != (n,))):
@@ -249,21 +259,33 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     """
     m, n = out.shape
     k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
-    rows, pa = split_pack(pack, m, k, k, "gemm_op")
-    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, rows, rows, pa, _block_rows(m, n, len(rows)))
+    omb = _block_rows(m, n, numba.get_num_threads(), min_block_rows(n))
+    rows, pa, pbs = split_pack(pack, m, n, k, k, omb, "gemm_op")
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, rows, rows, pa, pbs, omb)
 
 
-def split_pack(pack, m: int, k: int, k_panel: int, name: str):
-    """gemm_op's workspace (pack_workspace) cut into its per-thread rows (threads, PACK_FLOATS) and
-    the panels of op(a), (m, k) packed as (ceil(m/OM), k_panel, OM) words (k_panel: k, or the
-    pairs of k of the bf16 products), after checking it is large enough."""
+def split_pack(pack, m: int, n: int, k: int, k_panel: int, omb: int, name: str):
+    """gemm_op's workspace (pack_workspace) cut into its per-thread rows (threads, PACK_FLOATS), the
+    panels of op(a), (m, k) packed as (ceil(m/OM), k_panel, OM) words (k_panel: k, or the pairs of
+    k of the bf16 products), and the panels of a shared op(b), (ceil(k_panel/OKC), ceil(n/ON), OKC,
+    ON) words, after checking it is large enough for op(a).
+
+    op(b) is shared when out is one block of columns cut into several blocks of omb rows (the
+    bf16 products of a narrow layer: the seed net's forward products) and the workspace has room
+    for it; otherwise its first dimension is 0 and each task packs b for itself."""
     threads = numba.get_num_threads()
     per_thread = threads * PACK_FLOATS
     words = (m + OM - 1) // OM * OM * k_panel
     if pack.ndim != 1 or pack.size < per_thread + words:
         raise ValueError(f"{name}: pack is smaller than pack_workspace({words}) for a {m}x{k} op(a)")
     pa = pack[per_thread : per_thread + words].reshape(((m + OM - 1) // OM, k_panel, OM))
-    return pack[:per_thread].reshape((threads, PACK_FLOATS)), pa
+    shape = (max(1, (k_panel + OKC - 1) // OKC), (n + ON - 1) // ON, OKC, ON)
+    b_words = shape[0] * shape[1] * OKC * ON
+    if n > ONB or m <= omb or pack.size < per_thread + words + b_words:
+        shape, b_words = (0, 1, OKC, ON), 0
+    start = per_thread + words
+    pbs = pack[start : start + b_words].reshape(shape)
+    return pack[:per_thread].reshape((threads, PACK_FLOATS)), pa, pbs
 
 
 def _block_rows(m: int, n: int, threads: int, min_rows: int = OMB) -> int:
@@ -271,8 +293,9 @@ def _block_rows(m: int, n: int, threads: int, min_rows: int = OMB) -> int:
     thread, halving down to min_rows, evened out so the last block is not a sliver (the tasks go
     to the threads in equal runs). Each task packs its b panels once per k block, so taller blocks
     pack b fewer times (the wide net's dw0 = dy.T @ x, 1024x3072: 4x fewer times at 1024 rows,
-    about 10 % faster). A min_rows below OMB serves narrow outputs (the bf16 products take every
-    shape): the seed net's 128x64 forward product needs 64-row blocks to use 2 threads."""
+    about 10 % faster). A min_rows below OMB serves outputs of one block of columns, which pack b
+    once for all tasks (min_block_rows; the bf16 products take OM for every shape): the seed net's
+    128x64 forward product needs 64-row blocks to use 2 threads."""
     nb = (n + ONB - 1) // ONB
     rows = 4 * OMB
     while True:
@@ -283,11 +306,29 @@ def _block_rows(m: int, n: int, threads: int, min_rows: int = OMB) -> int:
         rows //= 2
 
 
-def op_suits(m: int, n: int, threads: int) -> bool:
-    """Whether an (m, n) output is wide enough for gemm_op rather than gemm_nt: at least one full
-    block of ONB columns, and a block of output for every thread. (A 10-class output or the seed
-    net's 64 units would leave gemm_op one thread's worth of work and a pack per few columns.)"""
-    return n >= ONB and (m + OMB - 1) // OMB * (n // ONB) >= threads
+# gemm_nt reads its left operand once per NB columns of out; from this size on (1 MB, an L2 cache)
+# that no longer stays in L2, and packing both operands once pays: the seed net's first layer
+# (128 x 3072) is past it, its 64 x 64 layer and any batch of one far below.
+NARROW_OP_FLOATS = 1 << 18
+
+
+def op_suits(m: int, n: int, k: int, threads: int) -> bool:
+    """Whether the forward product of an (m, k) input and an (m, n) output suits gemm_op rather
+    than gemm_nt: one block of columns (cut by rows among the threads, op(b) packed once: see
+    min_block_rows), at least a register tile wide, with an input too large for gemm_nt to keep in
+    L2; or at least one full block of ONB columns for every thread. (A 10-class output would waste
+    most of every tile.)"""
+    if n <= ONB:
+        return n >= ON and m * k >= NARROW_OP_FLOATS
+    return (m + OMB - 1) // OMB * (n // ONB) >= threads
+
+
+def min_block_rows(n: int) -> int:
+    """The shortest block of rows gemm_op gives a task (see _block_rows): an output of one block of
+    columns shares one packing of op(b) among all tasks (split_pack), so it can be cut as finely
+    as a register tile to keep every thread busy; a wider one keeps OMB rows, as each task packs
+    its own columns of b once per block of rows."""
+    return OM if n <= ONB else OMB
 
 
 @serial_kernel
@@ -303,11 +344,21 @@ def _pack_a(a, trans_a, pa, p, m):
             _pack_cols(a, pa[p : p + 1], r0, min(r0 + OM, m), k0, kn, k0)
 
 
+@serial_kernel
+def _pack_b(b, trans_b, pb, j0, j1, k0, kn):
+    """Columns j0..j1 of op(b) for the k block k0..k0+kn into the panels pb (., OKC, ON)."""
+    if trans_b:                                  # b (N, K)
+        _pack_cols(b, pb, j0, j1, k0, kn, 0)
+    else:                                        # b (K, N)
+        _pack_rows(b, pb, j0, j1, k0, kn, 0)
+
+
 @kernel
-def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, packb, pa, omb):
+def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, packb, pa, pbs, omb):
     """pack: float32 rows, one per thread; packb: the same memory as the element type of the
-    packed panels pa and pb (float32 here: pack itself; kernels/bf16.py compiles this source again
-    with its own packing and tile, on bf16 pairs)."""
+    packed panels pa, pbs and pb (float32 here: pack itself; kernels/bf16.py compiles this source
+    again with its own packing and tile, on bf16 pairs). pbs: op(b) packed once for all tasks, a
+    (ONB-column) block of panels per k block, or empty (split_pack says when)."""
     m, n = out.shape
     kk = pa.shape[1]
     if pa.size >= 65536:                         # op(a) into panels pa[p] (K, OM), once for all tasks
@@ -316,6 +367,13 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, packb, pa, omb
     else:                                        # small: cheaper than starting the threads
         for p in range(pa.shape[0]):
             _pack_a(a, trans_a, pa, p, m)
+    shared = pbs.shape[0] > 0
+    if shared and pbs.size >= 65536:             # op(b), when every task would pack all of it
+        for kb in prange(pbs.shape[0]):
+            _pack_b(b, trans_b, pbs[kb], 0, n, kb * OKC, min(OKC, kk - kb * OKC))
+    elif shared:
+        for kb in range(pbs.shape[0]):
+            _pack_b(b, trans_b, pbs[kb], 0, n, kb * OKC, min(OKC, kk - kb * OKC))
     mb = (m + omb - 1) // omb                    # omb: a multiple of OM
     nb = (n + ONB - 1) // ONB
     for t in prange(mb * nb):
@@ -329,16 +387,16 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, packb, pa, omb
         j1 = min(j0 + ONB, n)
         for k0 in range(0, max(kk, 1), OKC):     # one empty block when kk == 0, so out is still written
             kn = min(OKC, kk - k0)
-            if trans_b:                          # b (N, K)
-                _pack_cols(b, pb, j0, j1, k0, kn, 0)
-            else:                                # b (K, N)
-                _pack_rows(b, pb, j0, j1, k0, kn, 0)
+            if shared:
+                pb = pbs[k0 // OKC]
+            else:
+                _pack_b(b, trans_b, pb, j0, j1, k0, kn)
             n_i = (i1 - i0 + OM - 1) // OM
             n_j = (j1 - j0 + ON - 1) // ON
             # while this block computes, prefetch the rows of b the next k block packs, spread over
             # the tiles: each row's first line would otherwise cost a memory latency in the packing
             k1, k2 = k0 + OKC, min(k0 + 2 * OKC, kk)
-            n_pf = 0 if k1 >= kk else (j1 - j0 if trans_b else k2 - k1)
+            n_pf = 0 if k1 >= kk or shared else (j1 - j0 if trans_b else k2 - k1)
             n_q = n_i * n_j
             for q in range(n_q):
                 _prefetch_rows(b, trans_b, q * n_pf // n_q, (q + 1) * n_pf // n_q, j0, j1, k1, k2)

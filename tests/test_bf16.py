@@ -91,9 +91,13 @@ def check_against_twin(m, n, k, trans_a, trans_b, mode=R.PLAIN, seed=0):
     mask = rng.standard_normal((m, n), dtype=np.float32)
     got = np.full((m, n), np.nan, np.float32)
     want = np.empty((m, n), np.float32)
-    pack = matmul.pack_workspace(matmul.packed_a_floats(m, k))
+    pack = matmul.pack_workspace(matmul.packed_a_floats(m, k) + matmul.packed_b_floats(k))
     bf16.gemm_op_bf16(a, trans_a, b, trans_b, got, bias, mask, mode, pack)
     twin_gemm(a, trans_a, b, trans_b, want, bias, mask, mode, pack)
+    # without room for op(b) packed once (narrow products), each task packs it: the same sums
+    alone = np.full((m, n), np.nan, np.float32)
+    bf16.gemm_op_bf16(a, trans_a, b, trans_b, alone, bias, mask, mode, matmul.pack_workspace(matmul.packed_a_floats(m, k)))
+    np.testing.assert_array_equal(alone, got)
     # products of bfloat16 numbers are exact in float32: only the order of the float32 sums differs
     scale = max(float(np.abs(want).max()), 1.0) if want.size else 1.0
     err = float(np.abs(got.astype(np.float64) - want).max()) / scale if want.size else 0.0
@@ -102,6 +106,21 @@ def check_against_twin(m, n, k, trans_a, trans_b, mode=R.PLAIN, seed=0):
 
 
 SHAPES = [(1, 1, 1), (3, 5, 2), (9, 33, 7), (17, 65, 63), (37, 45, 129), (129, 31, 1100), (70, 300, 513)]
+
+
+@needs_bf16
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_narrow_products_pack_b_once(trans_b):
+    """The seed net's first-layer forward product (128 x 3072 by 64 outputs) is one block of columns
+    and several of rows: with room in the workspace op(b) is packed once, in parallel over its k
+    blocks, for all tasks (and its result checked against the twin and the per-task packing)."""
+    m, n, k = 128, 64, 3072
+    omb = matmul._block_rows(m, n, numba.get_num_threads(), min_rows=matmul.OM)
+    assert m > omb
+    roomy = matmul.pack_workspace(matmul.packed_a_floats(m, k) + matmul.packed_b_floats(k))
+    pbs = matmul.split_pack(roomy, m, n, k, (k + 1) // 2, omb, "t")[2]
+    assert pbs.shape == (6, 2, matmul.OKC, matmul.ON) and pbs.size >= 65536      # packed in parallel
+    check_against_twin(m, n, k, False, trans_b, R.BIAS_RELU)
 
 
 @needs_bf16

@@ -95,6 +95,33 @@ def test_op_tall_blocks(trans_a, trans_b):
     check_op(4 * matmul.OMB + 9, 4 * matmul.ONB + 5, 7, trans_a, trans_b, R.BIAS_RELU, seed=3)
 
 
+@pytest.mark.parametrize("m,n,k", [(600, 70, 300), (520, matmul.ONB, 1030), (2 * matmul.OMB + 5, 10, 9)])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_op_packs_a_narrow_b_once_when_there_is_room(m, n, k, trans_b):
+    """One block of columns cut into several blocks of rows: with room in the workspace op(b) is
+    packed once for all tasks (split_pack), serially or in parallel over k blocks by its size, and
+    gives the same bits as each task packing it, and NumPy's product."""
+    import numba
+
+    omb = matmul._block_rows(m, n, numba.get_num_threads())
+    assert m > omb
+    roomy = K.pack_workspace(matmul.packed_a_floats(m, k) + matmul.packed_b_floats(k))
+    tight = K.pack_workspace(matmul.packed_a_floats(m, k))
+    assert matmul.split_pack(roomy, m, n, k, k, omb, "t")[2].shape[0] == -(-k // matmul.OKC)
+    assert matmul.split_pack(tight, m, n, k, k, omb, "t")[2].shape[0] == 0
+    rng = np.random.default_rng(m + k)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
+    bias = rng.standard_normal(n, dtype=np.float32)
+    got = {}
+    for name, pack in (("roomy", roomy), ("tight", tight)):
+        got[name] = np.full((m, n), np.nan, np.float32)
+        K.gemm_op(a, False, b, trans_b, got[name], bias, got[name], R.BIAS_RELU, pack)
+    np.testing.assert_array_equal(got["roomy"], got["tight"])
+    want = np.maximum(a.astype(np.float64) @ (b.T if trans_b else b) + bias, 0)
+    assert np.abs(got["roomy"] - want).max() <= 1e-5 * max(1.0, np.abs(want).max()) * max(1.0, np.sqrt(k) / 16)
+
+
 def test_op_empty_reduction_writes_zeros_plus_bias():
     check_op(9, 33, 0, True)
     check_op(9, 33, 0, False, True, R.BIAS)
@@ -138,6 +165,8 @@ def test_op_rejects_what_its_unchecked_kernel_would_read_or_write_out_of_bounds(
         (a, True, b, False, out, bias, out[:4], R.MASK, PACK),                              # mask too short
         (a, True, b, False, out, bias[:5], out, R.BIAS_RELU, PACK),                         # bias too short
         (a[0], True, b, False, out, bias, out, R.PLAIN, PACK),                              # a not a matrix
+        (np.asfortranarray(a), True, b, False, out, bias, out, R.PLAIN, PACK),             # rows of a strided
+        (a, True, np.ones((6, 4), np.float32).T, False, out, bias, out, R.PLAIN, PACK),      # rows of b strided
     ]
     for args in bad:
         with pytest.raises(ValueError, match="gemm_op"):
@@ -173,12 +202,16 @@ def test_kernels_compile_with_the_chosen_features():
     assert numba.config.SLP_VECTORIZE == want
 
 
-def test_forward_products_pick_packed_panels_only_for_wide_outputs():
-    assert matmul.op_suits(256, 1024, 2)                  # the wide net's hidden layers
-    assert matmul.op_suits(128, 1024, 4)
-    assert not matmul.op_suits(256, 1024, 16)             # 4 column blocks cannot keep 16 threads busy
-    assert not matmul.op_suits(128, 64, 1)                # the seed net's 64 units
-    assert not matmul.op_suits(256, 10, 1)                # a 10-class output
+def test_forward_products_pick_packed_panels_unless_the_output_is_narrower_than_a_tile():
+    assert matmul.op_suits(256, 1024, 3072, 2)            # the wide net's hidden layers
+    assert matmul.op_suits(128, 1024, 1024, 4)
+    assert not matmul.op_suits(256, 1024, 1024, 16)       # 4 column blocks cannot keep 16 threads busy
+    # the seed net's first layer (128 x 3072 in, 64 out) on any number of threads, cut by rows
+    assert matmul.op_suits(128, 64, 3072, 1) and matmul.op_suits(128, 64, 3072, 16)
+    assert matmul.min_block_rows(64) == matmul.OM and matmul.min_block_rows(1024) == matmul.OMB
+    assert not matmul.op_suits(1, 64, 3072, 1)            # a batch of one: nothing to share the packing
+    assert not matmul.op_suits(128, 64, 64, 1)            # the seed net's second layer: its input fits L2
+    assert not matmul.op_suits(256, 10, 3072, 1)          # a 10-class output
 
 
 def test_register_tile_follows_the_vector_width():

@@ -39,12 +39,16 @@ def test_inconsistent_model_is_rejected(tmp_path):
 def test_whitened_model_round_trip(tmp_path):
     rng = np.random.default_rng(1)
     m = init_model([5, 4, 2], [1.0] * 3, [2.0] * 3, ["a", "b"], rng, image_shape=(3, 2, 2))
-    m.whiten = rng.standard_normal((5, 12), dtype=np.float32)
+    m.whiten = np.asfortranarray(rng.standard_normal((5, 12), dtype=np.float32))
+    m.weights[0] = np.asfortranarray(m.weights[0])
     m.whiten_bias = rng.standard_normal(5, dtype=np.float32)
     assert m.sizes == [5, 4, 2] and m.n_inputs == 12 and m.input_transform()[0].shape == (12,)
     save_model(tmp_path / "m.npz", m)
     back = load_model(tmp_path / "m.npz")
     np.testing.assert_array_equal(back.whiten, m.whiten)
+    np.testing.assert_array_equal(back.weights[0], m.weights[0])
+    # a file may hold Fortran-ordered arrays; the kernels get C order, whose rows are contiguous
+    assert back.whiten.flags.c_contiguous and back.weights[0].flags.c_contiguous
     np.testing.assert_array_equal(back.whiten_bias, m.whiten_bias)
     assert back.n_inputs == 12
     m.whiten_bias = m.whiten_bias[:4]

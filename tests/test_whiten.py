@@ -30,6 +30,7 @@ def test_whitened_features_have_identity_covariance(kind, dims):
     p, c = fit_whitening(x, idx, mean, inv_std, kind, dims, eps=1e-6)
     k = 48 if kind == "zca" else dims
     assert p.shape == (k, 48) and c.shape == (k,) and p.dtype == c.dtype == np.float32
+    assert p.flags.c_contiguous          # gemm_op packs its rows as vectors
     w = ((x.astype(np.float64) - 128) / 20) @ p.T.astype(np.float64) + c
     np.testing.assert_allclose(w.mean(axis=0), 0, atol=1e-4)
     np.testing.assert_allclose(np.cov(w, rowvar=False, bias=True), np.eye(k), atol=1e-3)
