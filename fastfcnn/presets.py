@@ -25,6 +25,16 @@ PRESETS = {
         "warmup_epochs": 3.0, "nesterov": True, "weight_decay": 5e-4, "label_smoothing": 0.1,
         "dropout": 0.2, "crop_pad": 4, "crop_mode": "reflect", "flip": True,
     },
+    # The wide recipe for the hour on a CPU with AVX512_BF16: bf16 products make an epoch 1.8x
+    # faster, and the time goes to more epochs over all 50,000 training images. The recipe was
+    # chosen on the wide preset's validation split (430 epochs on 45,000 images: 70.9 % validation,
+    # 71.8 % test); holding nothing out then buys 11 % more data for 5 % fewer epochs.
+    "wide-bf16": {
+        "hidden": [2048, 2048], "epochs": 410, "batch_size": 256, "lr": 0.02, "lr_schedule": "onecycle",
+        "warmup_epochs": 3.0, "nesterov": True, "weight_decay": 5e-4, "label_smoothing": 0.1,
+        "dropout": 0.2, "crop_pad": 4, "crop_mode": "reflect", "flip": True,
+        "precision": "bf16", "val_size": 0,
+    },
 }
 
 

@@ -5,13 +5,13 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..presets import PRESETS, describe
 from . import app, err, out, say, user_errors
 from .options import (DataDirOption, DataOption, DownloadOption, ImageSizeOption, ThreadsOption, config_options,
                       load)
 
 
 def _help() -> str:
-    from ..presets import describe
     return ("Train a fully connected net and save model.npz and metrics.json (and best.npz with --patience).\n\n"
             "Options come from, in rising priority: the defaults, --preset, --config, and the options given.\n\n"
             "Presets (--preset NAME):\n\n" + "\n\n".join(describe().splitlines()))
@@ -22,7 +22,7 @@ def _help() -> str:
 @config_options
 def train(
     options: dict,
-    preset: Optional[str] = typer.Option(None, help="A named recipe (seed, wide; see above)."),
+    preset: Optional[str] = typer.Option(None, help=f"A named recipe ({', '.join(PRESETS)}; see above)."),
     config: Optional[Path] = typer.Option(None, "--config", help="A JSON file of options, e.g. a run's "
                                           "metrics.json, to repeat that run."),
     data: Optional[Path] = DataOption,
