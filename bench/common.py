@@ -54,11 +54,14 @@ def layer_shapes(trainer: Trainer) -> list:
     return [(b, i, o) for i, o in zip(sizes[:-1], sizes[1:])]
 
 
-def step_phases(trainer: Trainer) -> dict:
+def step_phases(trainer: Trainer, split_input: bool = False) -> dict:
     """name -> (callable running that part of one full-batch step, FLOPs it performs).
 
     The callables run on the trainer's own workspace, on a fixed batch, in the order a step runs
     them, so each one sees realistic inputs (call them in dict order once before timing).
+    split_input: the first layer's input normalisation is a phase of its own ("normalise", no
+    FLOPs) rather than part of forward[0], so the phases with FLOPs are the layers' products
+    alone (`fastfcnn bench`; the asv suite keeps forward[0] whole, as its history has it).
     """
     E, m, v = trainer.E, trainer.model, trainer.ws.rows(trainer.ws.capacity)
     idx = trainer.train_idx[: v.n].copy()
@@ -72,8 +75,15 @@ def step_phases(trainer: Trainer) -> dict:
     phases["gather"] = (gather, 0)
 
     mean, inv_std = trainer.x_norm
+    if split_input and m.whiten is None:
+        def norm():
+            E.normalise(v.xb, mean, inv_std, v.acts[0])
+        phases["normalise"] = (norm, 0)
     for l, (b, fan_in, fan_out) in enumerate(layer_shapes(trainer)):
-        if l == 0:
+        if l == 0 and split_input and m.whiten is None:
+            def fwd():
+                E.linear_forward(v.acts[0], m.weights[0], m.biases[0], last > 0, v.acts[1], v.ws.pack)
+        elif l == 0:
             def fwd():
                 E.input_linear_forward(v.xb, mean, inv_std, m.weights[0], m.biases[0], last > 0,
                                        v.acts[0], v.acts[1], v.ws.pack)

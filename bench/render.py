@@ -20,6 +20,10 @@ def render(report: dict, console) -> None:
         t.add_row("epoch s (50k images, median)", *[f"{per50k[e]:.3f}" for e in engines], "")
         t.add_row("epoch GFLOP/s", *[f"{r['engines'][e]['epoch_gflops']:.0f}" for e in engines], "")
         t.add_row("speed-up of numba", *[f"{per50k[e] / per50k['numba']:.2f}x" for e in engines], "")
+        if "ceiling" in report:
+            t.add_row(f"epoch % of {report['ceiling']['size']}³ sgemm",
+                      *[f"{r['engines'][e]['epoch_pct_of_ceiling']:.0f}%" if "epoch_pct_of_ceiling" in r["engines"][e]
+                        else "" for e in engines], "")
         t.add_row("predict s (10k images, median)", *[f"{r['engines'][e]['predict_seconds_per_10k']:.3f}"
                                                        if "predict_seconds_per_10k" in r["engines"][e] else ""
                                                        for e in engines], "")
@@ -41,6 +45,10 @@ def render(report: dict, console) -> None:
     sweep = report.get("sweep")
     if sweep and len(sweep["threads"]) > 1:
         render_sweep(report, console)
+    c = report.get("ceiling")
+    if c:
+        rates = ", ".join(f"{g:.0f} GFLOP/s on {_threads(int(n))}" for n, g in c["gflops"].items())
+        console.print(f"Ceiling: one {c['size']}³ float32 np.matmul (OpenBLAS sgemm), median: {rates}", highlight=False)
     o = report.get("overhead")
     if o:
         base = str(report["threads"])

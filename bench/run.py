@@ -18,8 +18,8 @@ from . import common
 # The pieces of the command, re-exported: fastfcnn/cli/bench.py and the tests import them from here.
 from .probes import startup_and_memory
 from .render import render, render_sweep  # noqa: F401
-from .timing import (PHASE_SECONDS, QUICK_PHASE_SECONDS, SETTLE_SECONDS, Peers, bench_net,  # noqa: F401
-                     measure_overhead, sweep_summary, time_phases, use_threads)
+from .timing import (CEILING_SIZE, PHASE_SECONDS, QUICK_PHASE_SECONDS, SETTLE_SECONDS, Peers,  # noqa: F401
+                     bench_net, measure_ceiling, measure_overhead, sweep_summary, time_phases, use_threads)
 
 ENGINES = common.ENGINES
 QUICK_TRAIN = 2_000
@@ -131,6 +131,7 @@ def run(nets, threads, data_dir: Path | None, quick: bool, repeats: int | None, 
     try:
         if peer is not None:
             report["versions"].update(peer.versions())
+        ceiling = measure_ceiling(counts, log, 5 if quick else 15)
         by_count = {n: {} for n in counts}
         for net in nets:
             for n, r in bench_net(net, data, engines, repeats, quick, counts, log, peer).items():
@@ -140,6 +141,12 @@ def run(nets, threads, data_dir: Path | None, quick: bool, repeats: int | None, 
     finally:
         if peer is not None:
             peer.close()
+    report["ceiling"] = {"size": CEILING_SIZE, "gflops": ceiling}
+    for n in counts:                           # each engine's whole epoch against the 1024^3 product
+        for r in by_count[n].values():
+            for e in r["engines"].values():
+                if "epoch_gflops" in e:
+                    e["epoch_pct_of_ceiling"] = 100 * e["epoch_gflops"] / ceiling[str(n)]
     report["nets"] = by_count[counts[0]]
     report["sweep"] = sweep_summary(by_count, counts)
     report["threading"] = threading_record()

@@ -88,6 +88,29 @@ class Peers:
         self.jax_workers = {}
 
 
+CEILING_SIZE = 1024
+
+
+def measure_ceiling(counts, log, reps: int = 15) -> dict:
+    """GFLOP/s of one CEILING_SIZE^3 float32 np.matmul (OpenBLAS sgemm) at each thread count, median
+    of reps: the machine's practical peak, which a whole epoch's GFLOP/s is measured against."""
+    log(f"{CEILING_SIZE}^3 np.matmul at each thread count")
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((CEILING_SIZE, CEILING_SIZE), dtype=np.float32) for _ in range(2))
+    out = np.empty_like(a)
+    gflops = {}
+    for n in counts:
+        use_threads(n)
+        np.matmul(a, b, out=out)                 # warm-up: BLAS threads started, pages touched
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=out)
+            times.append(time.perf_counter() - t0)
+        gflops[str(n)] = 2 * CEILING_SIZE ** 3 / _median(times) / 1e9
+    return gflops
+
+
 def use_threads(n: int, torch_trainer=None) -> None:
     """Run the kernels, NumPy's BLAS (and PyTorch) on n threads from now on."""
     from fastfcnn.engine import set_threads
@@ -116,7 +139,7 @@ def bench_net(net: str, data, engines, repeats: int, quick: bool, counts, log, p
     phase_sets, before = {}, {}
     for n in counts:
         for e, t in trainers.items():
-            phase_sets[label(n, e)] = common.step_phases(t)
+            phase_sets[label(n, e)] = common.step_phases(t, split_input=True)
             before[label(n, e)] = switch[n]
         phase_sets[label(n, "sgemm")] = common.sgemm_phases(any_trainer)
         before[label(n, "sgemm")] = switch[n]

@@ -35,9 +35,13 @@ def packed_b_floats(k: int) -> int:
     return 0
 
 
-def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out, pack):
+def normalise(xb, mean, inv_std, x):
     np.subtract(xb, mean, out=x, dtype=np.float32)
     x *= inv_std
+
+
+def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out, pack):
+    normalise(xb, mean, inv_std, x)
     linear_forward(x, w, b, relu, out, pack)
 
 

@@ -25,8 +25,7 @@ def gemm_op_bf16(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
 
 
 def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out, pack):
-    np.subtract(xb, mean, out=x, dtype=np.float32)
-    x *= inv_std
+    R.normalise(xb, mean, inv_std, x)
     linear_forward(x, w, b, relu, out, pack)
 
 

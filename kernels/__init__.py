@@ -1,7 +1,7 @@
 """Hand-written parallel Numba kernels; fastfcnn/reference.py holds the NumPy twin of each."""
 from .dropout import dropout
 from .gather import PAD_REFLECT, PAD_ZERO, gather_augment, gather_batch
-from .linear import input_linear_forward, linear_forward, linear_grad_input, linear_grad_params
+from .linear import input_linear_forward, linear_forward, linear_grad_input, linear_grad_params, normalise
 from .loss import count_correct, softmax, softmax_xent_grad
 from .matmul import gemm_nt, gemm_op, pack_workspace, packed_a_floats, packed_b_floats
 from .optim import adam_update, sgd_momentum_update
@@ -9,6 +9,7 @@ from .optim import adam_update, sgd_momentum_update
 __all__ = [
     "gather_batch",
     "gather_augment",
+    "normalise",
     "input_linear_forward",
     "linear_forward",
     "linear_grad_params",

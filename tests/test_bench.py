@@ -54,6 +54,9 @@ def check_net(net):
         # a ratio of two timings: on a busy machine a 2-thread sgemm can be 50x slower than usual
         assert positive(e["matmul_gflops"]) and positive(e["matmul_pct_of_sgemm"])
         assert positive(e["predict_seconds_per_10k"])
+        # the first layer's input normalisation is timed apart from the products
+        assert list(phases)[:3] == ["gather", "normalise", next(p for p in phases if p.startswith("forward[0]"))]
+        assert positive(e["epoch_pct_of_ceiling"])
     assert positive(net["speedup"]["numba_vs_numpy"])
     for peer in ("torch", "jax"):
         if peer in net["engines"]:
@@ -77,6 +80,13 @@ def test_bench_quick_json(quick):
                 "peak_rss_mb"):
         assert positive(s[key]), key
     assert "numba" in output and "sgemm" in output
+    c = report["ceiling"]
+    assert c["size"] == 1024 and set(c["gflops"]) == {str(n) for n in COUNTS} and all(map(positive, c["gflops"].values()))
+    for n in COUNTS:                          # each engine's epoch GFLOP/s as a share of the 1024^3 product
+        e = report["sweep"]["runs"][str(n)]["seed"]["engines"]["numba"]
+        assert e["epoch_pct_of_ceiling"] == pytest.approx(100 * e["epoch_gflops"] / c["gflops"][str(n)])
+    text = " ".join(output.split())
+    assert "Ceiling: one 1024³ float32 np.matmul" in text and "epoch % of" in text   # a table row, maybe wrapped
     from fastfcnn.report.load import bench_problem
     assert bench_problem(report) is None         # `fastfcnn report --bench` still reads it
 

@@ -57,6 +57,19 @@ def test_gemm_nt(m, k, n, mode):
         assert (k_out >= 0).all() and (k_out == 0).any() == (r_out == 0).any()
 
 
+@pytest.mark.parametrize("batch,d", [(1, 1), (7, 33), (129, 3072)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_normalise(batch, d, dtype):
+    rng = np.random.default_rng(batch + d)
+    xb = rng.integers(0, 256, (batch, d)).astype(dtype)
+    mean = rng.uniform(50, 200, d).astype(np.float32)
+    inv_std = (1 / rng.uniform(30, 80, d)).astype(np.float32)
+    (k,), (r,) = (out for out, _ in both("normalise", xb, mean, inv_std, np.full((batch, d), np.nan, np.float32),
+                                         outputs=[3]))
+    np.testing.assert_array_equal(k, r)    # one subtraction and one product per element, in float32
+    np.testing.assert_allclose(k, (xb.astype(np.float64) - mean) * inv_std, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("d,h", [(3072, 33), (33, 10), (10, 1), (1, 33), (33, 600)])   # 600: gemm_op on 1-2 threads
 @pytest.mark.parametrize("relu", [True, False])

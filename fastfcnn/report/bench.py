@@ -14,7 +14,9 @@ ENGINE_COLOURS = {"numba": "#1f77b4", "numpy": "#ff7f0e", "torch": "#d62728"}
 
 
 def phase_group(name: str) -> str:
-    for prefix, group in (("gather", "gather"), ("forward", "forward"), ("softmax", "loss"), ("loss", "loss"),
+    # normalise: the first layer's input, timed on its own so the products' GFLOP/s leave it out
+    for prefix, group in (("gather", "gather"), ("normalise", "forward"), ("forward", "forward"),
+                          ("softmax", "loss"), ("loss", "loss"),
                           ("backward", "backward"), ("sgd", "update"), ("adam", "update"), ("update", "update")):
         if name.startswith(prefix):
             return group
