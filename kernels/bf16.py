@@ -31,6 +31,7 @@ from .linear import bias_grad, normalise
 from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PLAIN, check_op_args, split_pack
 from .prefetch import prefetch
 from .transpose import block_t8_bf16, block_t16_bf16, pair_rows16_bf16
+from .vtile import register_tile, splat
 
 # The feature string the kernels compile for (config.py sets it from the host unless the user did):
 # masking AVX-512 off (fastfcnn bench --avx2) masks bf16 too.
@@ -149,52 +150,29 @@ def _prefetch_rows(b, trans_b, r0, r1, j0, j1, k1, k2):
                 prefetch(b, 2 * (k1 + r) + 1, c)
 
 
-@intrinsic
-def tile(typingctx, pa, pb, out, i, j, kn, accumulate, chain):
-    """out[i:i+OM, j:j+ON] (+)= the product of the packed panels pa (KC, OM) and pb (KC, ON) of bf16
-    pairs, over their first kn pairs: OM x ON/16 accumulators of 16 floats (16 zmm registers),
-    per pair of k ON/16 vector loads of pb, OM broadcasts of a pair of pa, and `vdpbf16ps`.
-    chain is unused (the float32 tile needs it to steer LLVM's vectorisers; here the IR is vector code).
-    The rows of pa, pb and out must be contiguous."""
-    sig = types.void(pa, pb, out, types.intp, types.intp, types.intp, types.boolean, chain)
+def _load_b(builder, ptr):
+    """32 bfloat16 numbers of a pb panel row: 16 pair words, as <32 x bfloat>."""
+    vi = ir.VectorType(ir.IntType(32), 16)
+    return builder.bitcast(builder.load(builder.bitcast(ptr, vi.as_pointer()), align=4), ir.VectorType(_BFloat(), 32))
 
-    def codegen(context, builder, signature, args):
-        pa_t, pb_t, out_t = signature.args[:3]
-        pa_a, pb_a, out_a = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args))
-        i_v, j_v, kn_v, acc_flag = args[3:7]
-        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
-        vf, vi, vb = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(_BFloat(), 32)
-        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vb, vb]),
-                                             "llvm.x86.avx512bf16.dpbf16ps.512")
-        nv = ON // 16
-        # accumulators live in allocas that LLVM promotes to registers (SROA/mem2reg)
-        acc = [[cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(nv)] for _ in range(OM)]
-        zero = ir.Constant(i64, 0)
-        with cgutils.for_range(builder, kn_v) as loop:
-            ra = cgutils.get_item_pointer(context, builder, pa_t, pa_a, [loop.index, zero], wraparound=False)
-            rb = cgutils.get_item_pointer(context, builder, pb_t, pb_a, [loop.index, zero], wraparound=False)
-            bv = [builder.bitcast(builder.load(builder.bitcast(builder.gep(rb, [ir.Constant(i64, 16 * v)]),
-                                                                vi.as_pointer()), align=4), vb)
-                  for v in range(nv)]
-            for r in range(OM):
-                x = builder.load(builder.gep(ra, [ir.Constant(i64, r)]), align=4)
-                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vi, None), x, ir.Constant(i32, 0)),
-                                               ir.Constant(vi, None), ir.Constant(vi, [0] * 16))
-                xa = builder.bitcast(splat, vb)
-                for v in range(nv):
-                    builder.store(builder.call(dot, [builder.load(acc[r][v]), xa, bv[v]]), acc[r][v])
-        for r in range(OM):
-            row = builder.add(i_v, ir.Constant(i_v.type, r))
-            for v in range(nv):
-                col = builder.add(j_v, ir.Constant(j_v.type, 16 * v))
-                dst = builder.bitcast(cgutils.get_item_pointer(context, builder, out_t, out_a, [row, col],
-                                                               wraparound=False), vf.as_pointer())
-                with builder.if_then(acc_flag):
-                    builder.store(builder.fadd(builder.load(acc[r][v]), builder.load(dst, align=4)), acc[r][v])
-                builder.store(builder.load(acc[r][v]), dst, align=4)
-        return context.get_dummy_value()
 
-    return sig, codegen
+def _broadcast_a(builder, ptr):
+    """One pair word of a pa panel row in all 16 lanes, as <32 x bfloat>."""
+    return builder.bitcast(splat(builder, builder.load(ptr, align=4), ir.VectorType(ir.IntType(32), 16)),
+                           ir.VectorType(_BFloat(), 32))
+
+
+def _dot(builder, acc, a, b):
+    vf, vb = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
+    dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vb, vb]),
+                                         "llvm.x86.avx512bf16.dpbf16ps.512")
+    return builder.call(dot, [acc, a, b])
+
+
+# out[i:i+OM, j:j+ON] (+)= the product of the packed panels pa (KC, OM) and pb (KC, ON) of bf16 pairs,
+# over their first kn pairs: OM x ON/16 accumulators of 16 floats (16 zmm registers), per pair of k
+# ON/16 vector loads of pb, OM broadcasts of a pair of pa, and `vdpbf16ps`.
+tile = register_tile(OM, ON, 16, _load_b, _broadcast_a, _dot)
 
 
 _gemm_op = kernel(variant(matmul._gemm_op.py_func, "_gemm_op_bf16", _pack_a=_pack_a, _pack_b=_pack_b,

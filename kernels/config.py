@@ -8,9 +8,9 @@ their clock for 512-bit code). On this project's bench machine (Xeon, AVX-512) 5
 training step 8 % faster on both bench nets, so NUMBA_CPU_FEATURES is set to the host's features
 plus "-prefer-256-bit" unless you set it yourself. The JIT cache is keyed by the feature string.
 
-SLP vectoriser: Numba leaves it off by default; the outer-product micro-kernel (kernels/tile.py)
-needs it to pack its scalar accumulators into vector registers, so NUMBA_SLP_VECTORIZE defaults
-to 1 here. The JIT cache does not record this setting: after running with
+SLP vectoriser: Numba leaves it off by default; NUMBA_SLP_VECTORIZE defaults to 1 here, as the
+kernels were tuned with it (the products' register tiles, now vector IR in kernels/vtile.py, once
+relied on it to pack their scalar accumulators). The JIT cache does not record this setting: after running with
 NUMBA_SLP_VECTORIZE=0, delete the __pycache__ folders of kernels/ to get the fast code back.
 
 Both are set in os.environ (so they also reach child processes, and survive Numba re-reading its
@@ -102,13 +102,6 @@ CacheImpl._locator_classes[:0] = [_KernelsUserDir, _KernelsInTree]
 def kernel(fn):
     """Compile `fn` as a parallel, cached, fastmath Numba kernel."""
     return numba.njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")(fn)
-
-
-def composite(fn):
-    """Compile a serial function of its own (not inlined into its callers' Numba IR): a kernel
-    that only chains other (parallel) kernels, or a large helper such as the generated register
-    tile (kernels/tile.py), which compiles in 8 s this way instead of 19 s in every caller."""
-    return numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")(fn)
 
 
 def serial_kernel(fn):

@@ -14,8 +14,8 @@ where those sums took about a third of the time: hence a second kernel.
 
 `gemm_op` (backward: dw = dy.T @ x, dx = dy @ w; and forward unless the output is narrower than
 its register tile, see op_suits) is built the other way round, like BLAS: a register tile of outer products
-(kernels/tile.py: 8x32 with AVX-512, 6x16 with AVX2) over packed panels, with no horizontal sums
-and no transposed copies of its operands. It needs LLVM's SLP vectoriser (turned on in config.py).
+(kernels/vtile.py: 8x32 with AVX-512, 6x16 with AVX2, written as vector IR) over packed panels, with
+no horizontal sums and no transposed copies of its operands.
 
 Row slices (`a[i, k0:k1]`) index from 0 in the hot loop: an index Numba can prove non-negative
 needs no wraparound check, which would otherwise turn every vector load into a gather.
@@ -24,7 +24,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import tile as tiles
+from . import vtile
 from .config import AVX512, kernel, serial_kernel
 from .prefetch import prefetch
 from .transpose import block_t6, block_t8, block_t16
@@ -146,14 +146,14 @@ def gemm_nt(a, b, out, bias, mask, mode):
 # the micro-kernel streams both operands from contiguous memory: a b panel (32 KB with AVX-512)
 # stays in L1 while the a panels stream from L2. op(a) used to be packed by every task, once per
 # block column.
-OM, ON = (8, 32) if AVX512 else (6, 16)   # the register tile: see kernels/gen_tile.py
-tile = tiles.tile_8x32 if AVX512 else tiles.tile_6x16
+OM, ON = (8, 32) if AVX512 else (6, 16)   # the register tile: see kernels/vtile.py
+tile = vtile.tile_8x32 if AVX512 else vtile.tile_6x16
 OKC = 256
 OMB = 256 // OM * OM    # about 256, a multiple of OM
 ONB = 256 // ON * ON    # about 256, a multiple of ON
 _PB = ONB * OKC
 _EDGE = OM * ON
-PACK_FLOATS = _PB + _EDGE + OKC + 1    # per thread: b panels, edge tile, chain
+PACK_FLOATS = _PB + _EDGE    # per thread: b panels, edge tile
 
 
 def packed_a_floats(m: int, k: int) -> int:
@@ -248,7 +248,7 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     a (K,M) if trans_a else (M,K); b (N,K) if trans_b else (K,N); out (M,N); mode and the bias
     (N,) and mask (M,N) it reads as in gemm_nt; pack = pack_workspace(), which two calls running
     at the same time must not share.
-    Register tiles of OM x ON outer products (kernels/tile.py): no horizontal sums, so a
+    Register tiles of OM x ON outer products (kernels/vtile.py): no horizontal sums, so a
     reduction as short as a batch costs nothing extra, and neither operand needs a transposed
     copy (the packing reads them as stored). Every element of out, and of op(a)'s packed panels,
     is written by one prange iteration; the pack row a thread uses for b is rewritten before it
@@ -380,7 +380,6 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, packb, pa, pbs
         ws = pack[numba.get_thread_id()]         # < get_num_threads(), the rows of pack
         pb = packb[numba.get_thread_id()][:_PB].reshape((ONB // ON, OKC, ON))
         edge = ws[_PB : _PB + _EDGE].reshape((OM, ON))
-        chain = ws[_PB + _EDGE :]
         i0 = (t // nb) * omb
         j0 = (t % nb) * ONB
         i1 = min(i0 + omb, m)
@@ -409,7 +408,7 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, packb, pa, pbs
                 full = i + OM <= i1 and j + ON <= j1
                 dst = out if full else edge      # a partial tile is computed whole into edge, then cropped
                 tile(pa[i // OM, k0 : k0 + kn], pb[jt], dst, i if full else 0, j if full else 0, kn,
-                     full and k0 > 0, chain)
+                     full and k0 > 0)
                 if not full:
                     _add_edge(edge, out, i, min(i + OM, i1), j, min(j + ON, j1), k0 > 0)
         _epilogue(out, i0, i1, j0, j1, bias, mask, mode)

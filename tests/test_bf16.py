@@ -173,13 +173,13 @@ def test_the_product_runs_on_vdpbf16ps():
     """The register tile, compiled afresh (cached code cannot be inspected): one 512-bit vdpbf16ps
     per accumulator and pair of k, 16 accumulators."""
     @numba.njit
-    def one_tile(pa, pb, out, chain):
-        bf16.tile(pa, pb, out, 0, 0, pa.shape[0], False, chain)
+    def one_tile(pa, pb, out):
+        bf16.tile(pa, pb, out, 0, 0, pa.shape[0], False)
 
     pa = np.ones((4, matmul.OM), np.uint32)
     pb = np.ones((4, matmul.ON), np.uint32)
     out = np.empty((matmul.OM, matmul.ON), np.float32)
-    one_tile(pa, pb, out, np.zeros(1, np.float32))
+    one_tile(pa, pb, out)
     asm = one_tile.inspect_asm(one_tile.signatures[0])
     dots = [line for line in asm.splitlines() if line.strip().startswith("vdpbf16ps")]
     assert len(dots) >= matmul.OM * matmul.ON // 16 and all("zmm" in line for line in dots)

@@ -289,3 +289,23 @@ def test_panels_packed_from_source_rows_are_the_transpose(w):
     got = panels[:, kd:, :].transpose(0, 2, 1).reshape(n_panels * w, kn)
     np.testing.assert_array_equal(got, want)
     assert np.isnan(panels[:, :kd]).all()                # rows before kd are left alone
+
+
+def test_the_register_tile_is_packed_fma():
+    """gemm_op's float32 tile, compiled afresh (cached code cannot be inspected): packed FMAs on
+    zmm registers (8x32, AVX-512) or ymm (6x16, AVX2), one per accumulator and k."""
+    import numba
+
+    @numba.njit
+    def one_tile(pa, pb, out):
+        matmul.tile(pa, pb, out, 0, 0, pa.shape[0], False)
+
+    pa = np.arange(4 * matmul.OM, dtype=np.float32).reshape(4, matmul.OM)
+    pb = np.arange(4 * matmul.ON, dtype=np.float32).reshape(4, matmul.ON)
+    out = np.empty((matmul.OM, matmul.ON), np.float32)
+    one_tile(pa, pb, out)
+    np.testing.assert_array_equal(out, pa.T @ pb)
+    reg, lanes = ("zmm", 16) if matmul.ON == 32 else ("ymm", 8)
+    asm = one_tile.inspect_asm(one_tile.signatures[0])
+    fmas = [line for line in asm.splitlines() if line.strip().startswith("vfmadd")]
+    assert len(fmas) >= matmul.OM * matmul.ON // lanes and all(reg in line for line in fmas)
