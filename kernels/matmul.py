@@ -12,8 +12,8 @@ A dot product ends in a horizontal sum of its vector, which costs little when th
 the 3072 inputs of a layer; in the backward products it runs over the 128 or 256 rows of a batch,
 where those sums took about a third of the time: hence a second kernel.
 
-`gemm_op` (backward: dw = dy.T @ x, dx = dy @ w; and forward unless the output is narrower than
-its register tile, see op_suits) is built the other way round, like BLAS: a register tile of outer products
+`gemm_op` (backward: dw = dy.T @ x, dx = dy @ w; and the forward products where it pays, see
+op_suits) is built the other way round, like BLAS: a register tile of outer products
 (kernels/vtile.py: 8x32 with AVX-512, 6x16 with AVX2, written as vector IR) over packed panels, with
 no horizontal sums and no transposed copies of its operands.
 
@@ -270,9 +270,9 @@ def split_pack(pack, m: int, n: int, k: int, k_panel: int, omb: int, name: str):
     k of the bf16 products), and the panels of a shared op(b), (ceil(k_panel/OKC), ceil(n/ON), OKC,
     ON) words, after checking it is large enough for op(a).
 
-    op(b) is shared when out is one block of columns cut into several blocks of omb rows (the
-    bf16 products of a narrow layer: the seed net's forward products) and the workspace has room
-    for it; otherwise its first dimension is 0 and each task packs b for itself."""
+    op(b) is shared when out is one block of columns cut into several blocks of omb rows (a
+    narrow layer's products: the seed net's first-layer forward product) and the workspace has
+    room for it; otherwise its first dimension is 0 and each task packs b for itself."""
     threads = numba.get_num_threads()
     per_thread = threads * PACK_FLOATS
     words = (m + OM - 1) // OM * OM * k_panel
