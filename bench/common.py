@@ -75,12 +75,13 @@ def step_phases(trainer: Trainer, split_input: bool = False) -> dict:
     phases["gather"] = (gather, 0)
 
     mean, inv_std = trainer.x_norm
-    if split_input and m.whiten is None:
+    split_input = split_input and m.whiten is None     # a whitened net's first product is the map's
+    if split_input:
         def norm():
             E.normalise(v.xb, mean, inv_std, v.acts[0])
         phases["normalise"] = (norm, 0)
     for l, (b, fan_in, fan_out) in enumerate(layer_shapes(trainer)):
-        if l == 0 and split_input and m.whiten is None:
+        if l == 0 and split_input:
             def fwd():
                 E.linear_forward(v.acts[0], m.weights[0], m.biases[0], last > 0, v.acts[1], v.ws.pack)
         elif l == 0:

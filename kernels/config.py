@@ -9,8 +9,7 @@ training step 8 % faster on both bench nets, so NUMBA_CPU_FEATURES is set to the
 plus "-prefer-256-bit" unless you set it yourself. The JIT cache is keyed by the feature string.
 
 SLP vectoriser: Numba leaves it off by default; NUMBA_SLP_VECTORIZE defaults to 1 here, as the
-kernels were tuned with it (the products' register tiles, now vector IR in kernels/vtile.py, once
-relied on it to pack their scalar accumulators). The JIT cache does not record this setting: after running with
+kernels were tuned with it. The JIT cache does not record this setting: after running with
 NUMBA_SLP_VECTORIZE=0, delete the __pycache__ folders of kernels/ to get the fast code back.
 
 Both are set in os.environ (so they also reach child processes, and survive Numba re-reading its
