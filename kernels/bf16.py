@@ -28,7 +28,7 @@ from numba.extending import intrinsic
 from . import matmul
 from .config import kernel, serial_kernel, variant
 from .linear import bias_grad, normalise
-from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PLAIN, check_op_args, split_pack
+from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PLAIN, check_op_args, check_pack
 from .prefetch import prefetch
 from .transpose import block_t8_bf16, block_t16_bf16, pair_rows16_bf16
 from .vtile import register_tile, splat
@@ -175,19 +175,26 @@ def _dot(builder, acc, a, b):
 tile = register_tile(OM, ON, 16, _load_b, _broadcast_a, _dot)
 
 
+@serial_kernel
+def _pairs(k):
+    return (k + 1) // 2
+
+
+@serial_kernel
+def _as_words(x):
+    return x.view(np.uint32)
+
+
 _gemm_op = kernel(variant(matmul._gemm_op.py_func, "_gemm_op_bf16", _pack_a=_pack_a, _pack_b=_pack_b,
-                          _prefetch_rows=_prefetch_rows, tile=tile))
+                          _prefetch_rows=_prefetch_rows, tile=tile, _k_panel=_pairs, _words=_as_words))
 
 
 def gemm_op_bf16(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     """out = epilogue(bf16(op(a)) @ bf16(op(b))), summed in float32: matmul.gemm_op's arguments,
     shapes, modes and workspace (matmul.pack_workspace; pairs along k need no more than gemm_op)."""
-    m, n = out.shape
     k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
-    omb = matmul._block_rows(m, n, numba.get_num_threads(), min_rows=OM)
-    rows, pa, pbs = split_pack(pack, m, n, k, (k + 1) // 2, omb, "gemm_op_bf16")
-    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, rows, rows.view(np.uint32), pa.view(np.uint32),
-             pbs.view(np.uint32), omb)
+    check_pack(pack, out.shape[0], (k + 1) // 2, "gemm_op_bf16")
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, OM, numba.get_num_threads())
 
 
 # The layers of kernels/linear.py with every product in bf16 (the same functions, arguments and

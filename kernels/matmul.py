@@ -255,40 +255,53 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     is read, and the block shapes change no element's order of summation, so results do not
     depend on the thread count.
 
-    Checks its arguments in Python first: the kernel indexes without bounds checks.
+    Checks its arguments in Python first: the kernel indexes without bounds checks. Everything
+    else (blocks, workspace views) is worked out inside the kernel, where it costs nothing next
+    to the microseconds of Python a small product would otherwise pay on every call.
     """
-    m, n = out.shape
     k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
-    omb = _block_rows(m, n, numba.get_num_threads(), min_block_rows(n))
-    rows, pa, pbs = split_pack(pack, m, n, k, k, omb, "gemm_op")
-    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, rows, rows, pa, pbs, omb)
+    check_pack(pack, out.shape[0], k, "gemm_op")
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_block_rows(out.shape[1]),
+             numba.get_num_threads())
 
 
-def split_pack(pack, m: int, n: int, k: int, k_panel: int, omb: int, name: str):
-    """gemm_op's workspace (pack_workspace) cut into its per-thread rows (threads, PACK_FLOATS), the
-    panels of op(a), (m, k) packed as (ceil(m/OM), k_panel, OM) words (k_panel: k, or the pairs of
-    k of the bf16 products), and the panels of a shared op(b), (ceil(k_panel/OKC), ceil(n/ON), OKC,
-    ON) words, after checking it is large enough for op(a).
+# Rows of per-thread scratch pack_workspace allocates: one per thread Numba can run, which is at
+# least as many as any call uses (numba.get_num_threads()).
+THREAD_ROWS = numba.config.NUMBA_NUM_THREADS
+
+
+def check_pack(pack, m: int, k_panel: int, name: str) -> None:
+    """Raise unless pack is a workspace with room for op(a), (m, k_panel) words, packed whole."""
+    words = (m + OM - 1) // OM * OM * k_panel
+    if pack.ndim != 1 or pack.dtype != np.float32 or pack.size < THREAD_ROWS * PACK_FLOATS + words:
+        raise ValueError(f"{name}: pack is smaller than pack_workspace({words}) for a {m}x{k_panel} op(a)")
+
+
+@serial_kernel
+def split_pack(pack, m, n, k_panel, omb, threads):
+    """gemm_op's workspace (pack_workspace, checked by check_pack) cut into its per-thread rows
+    (threads, PACK_FLOATS), the panels of op(a), (m, k) packed as (ceil(m/OM), k_panel, OM) words
+    (k_panel: k, or the pairs of k of the bf16 products), and the panels of a shared op(b),
+    (ceil(k_panel/OKC), ceil(n/ON), OKC, ON) words.
 
     op(b) is shared when out is one block of columns cut into several blocks of omb rows (a
     narrow layer's products: the seed net's first-layer forward product) and the workspace has
     room for it; otherwise its first dimension is 0 and each task packs b for itself."""
-    threads = numba.get_num_threads()
+    threads = np.int64(threads)                  # numba.get_num_threads() is an int32
     per_thread = threads * PACK_FLOATS
     words = (m + OM - 1) // OM * OM * k_panel
-    if pack.ndim != 1 or pack.size < per_thread + words:
-        raise ValueError(f"{name}: pack is smaller than pack_workspace({words}) for a {m}x{k} op(a)")
     pa = pack[per_thread : per_thread + words].reshape(((m + OM - 1) // OM, k_panel, OM))
-    shape = (max(1, (k_panel + OKC - 1) // OKC), (n + ON - 1) // ON, OKC, ON)
-    b_words = shape[0] * shape[1] * OKC * ON
-    if n > ONB or m <= omb or pack.size < per_thread + words + b_words:
-        shape, b_words = (0, 1, OKC, ON), 0
+    kbs = max(1, (k_panel + OKC - 1) // OKC)
+    nts = (n + ON - 1) // ON
     start = per_thread + words
-    pbs = pack[start : start + b_words].reshape(shape)
+    if n > ONB or m <= omb or pack.size < start + kbs * nts * OKC * ON:
+        kbs, nts = 0, 1
+    pbs = pack[start : start + kbs * nts * OKC * ON].reshape((kbs, nts, OKC, ON))
     return pack[:per_thread].reshape((threads, PACK_FLOATS)), pa, pbs
 
 
-def _block_rows(m: int, n: int, threads: int, min_rows: int = OMB) -> int:
+@serial_kernel
+def _block_rows(m, n, threads, min_rows=OMB):
     """Rows of out per task: blocks of up to 4 x OMB rows while that leaves at least two tasks per
     thread, halving down to min_rows, evened out so the last block is not a sliver (the tasks go
     to the threads in equal runs). Each task packs its b panels once per k block, so taller blocks
@@ -353,13 +366,29 @@ def _pack_b(b, trans_b, pb, j0, j1, k0, kn):
         _pack_rows(b, pb, j0, j1, k0, kn, 0)
 
 
+@serial_kernel
+def _k_panel(k):
+    """The rows of op(a)'s panels for a reduction of length k: k floats (bf16.py: pairs)."""
+    return k
+
+
+@serial_kernel
+def _words(x):
+    """x as the element type of the packed panels (bf16.py: its 32-bit words)."""
+    return x
+
+
 @kernel
-def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, packb, pa, pbs, omb):
-    """pack: float32 rows, one per thread; packb: the same memory as the element type of the
-    packed panels pa, pbs and pb (float32 here: pack itself; kernels/bf16.py compiles this source
-    again with its own packing and tile, on bf16 pairs). pbs: op(b) packed once for all tasks, a
-    (ONB-column) block of panels per k block, or empty (split_pack says when)."""
+def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, threads):
+    """gemm_op's kernel. The source is compiled again by kernels/bf16.py with its own packing, tile,
+    _k_panel and _words, on bf16 pairs. pbs: op(b) packed once for all tasks, a (ONB-column)
+    block of panels per k block, or empty (split_pack says when). threads: numba.get_num_threads(),
+    from the caller (called outside a prange, it would make the kernel uncacheable)."""
     m, n = out.shape
+    omb = _block_rows(m, n, threads, min_rows)
+    rows, pa_floats, pbs_floats = split_pack(pack, m, n, _k_panel(a.shape[0] if trans_a else a.shape[1]), omb,
+                                             threads)
+    packb, pa, pbs = _words(rows), _words(pa_floats), _words(pbs_floats)
     kk = pa.shape[1]
     if pa.size >= 65536:                         # op(a) into panels pa[p] (K, OM), once for all tasks
         for p in prange(pa.shape[0]):
@@ -377,7 +406,7 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, packb, pa, pbs
     mb = (m + omb - 1) // omb                    # omb: a multiple of OM
     nb = (n + ONB - 1) // ONB
     for t in prange(mb * nb):
-        ws = pack[numba.get_thread_id()]         # < get_num_threads(), the rows of pack
+        ws = rows[numba.get_thread_id()]         # < get_num_threads(), the rows of pack
         pb = packb[numba.get_thread_id()][:_PB].reshape((ONB // ON, OKC, ON))
         edge = ws[_PB : _PB + _EDGE].reshape((OM, ON))
         i0 = (t // nb) * omb

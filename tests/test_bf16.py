@@ -118,7 +118,7 @@ def test_narrow_products_pack_b_once(trans_b):
     omb = matmul._block_rows(m, n, numba.get_num_threads(), min_rows=matmul.OM)
     assert m > omb
     roomy = matmul.pack_workspace(matmul.packed_a_floats(m, k) + matmul.packed_b_floats(k))
-    pbs = matmul.split_pack(roomy, m, n, k, (k + 1) // 2, omb, "t")[2]
+    pbs = matmul.split_pack(roomy, m, n, (k + 1) // 2, omb, numba.get_num_threads())[2]
     assert pbs.shape == (6, 2, matmul.OKC, matmul.ON) and pbs.size >= 65536      # packed in parallel
     check_against_twin(m, n, k, False, trans_b, R.BIAS_RELU)
 

@@ -107,8 +107,8 @@ def test_op_packs_a_narrow_b_once_when_there_is_room(m, n, k, trans_b):
     assert m > omb
     roomy = K.pack_workspace(matmul.packed_a_floats(m, k) + matmul.packed_b_floats(k))
     tight = K.pack_workspace(matmul.packed_a_floats(m, k))
-    assert matmul.split_pack(roomy, m, n, k, k, omb, "t")[2].shape[0] == -(-k // matmul.OKC)
-    assert matmul.split_pack(tight, m, n, k, k, omb, "t")[2].shape[0] == 0
+    assert matmul.split_pack(roomy, m, n, k, omb, numba.get_num_threads())[2].shape[0] == -(-k // matmul.OKC)
+    assert matmul.split_pack(tight, m, n, k, omb, numba.get_num_threads())[2].shape[0] == 0
     rng = np.random.default_rng(m + k)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
