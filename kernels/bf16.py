@@ -30,7 +30,7 @@ from .config import kernel, serial_kernel, variant
 from .linear import bias_grad, normalise
 from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PLAIN, check_op_args, check_pack
 from .prefetch import prefetch
-from .transpose import block_t8_bf16, block_t16_bf16, pair_rows16_bf16
+from .transpose import block_t8_bf16, block_t16_bf16, pair_rows8_bf16, pair_rows16_bf16
 from .vtile import register_tile, splat
 
 # The feature string the kernels compile for (config.py sets it from the host unless the user did):
@@ -86,9 +86,13 @@ def _pack_rows(src, panels, c0, c1, k0, kn, kd):
     for k in range(kn):
         r = 2 * (k0 + k)
         if r + 1 < kk:
-            vec = cols // 16 * 16 if w % 16 == 0 else 0      # 16 columns within one panel
-            for c in range(0, vec, 16):
-                pair_rows16_bf16(src, r, c0 + c, panels[c // w], kd + k, c % w)
+            step = 16 if w % 16 == 0 else 8 if w % 8 == 0 else 0     # columns within one panel
+            vec = cols // step * step if step else 0
+            for c in range(0, vec, max(step, 1)):
+                if step == 16:
+                    pair_rows16_bf16(src, r, c0 + c, panels[c // w], kd + k, c % w)
+                else:
+                    pair_rows8_bf16(src, r, c0 + c, panels[c // w], kd + k, c % w)
             for c in range(vec, cols):
                 panels[c // w, kd + k, c % w] = _pair(src[r, c0 + c], src[r + 1, c0 + c])
         else:

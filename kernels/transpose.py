@@ -41,7 +41,7 @@ def _transpose(builder, rows):
 def _round_bf16(builder, u):
     """Lanes of <16 x i32> float bits -> the bfloat16 bits nearest (ties to even), NaN quietened."""
     vi = u.type
-    c = lambda v: ir.Constant(vi, [v] * N)            # noqa: E731
+    c = lambda v: ir.Constant(vi, [v] * vi.count)     # noqa: E731
     nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
     odd = builder.and_(builder.lshr(u, c(16)), c(1))
     rounded = builder.lshr(builder.add(builder.add(u, c(0x7FFF)), odd), c(16))
@@ -99,24 +99,28 @@ block_t16, block_t8, block_t6 = (_block(False, n) for n in (16, 8, 6))
 block_t16_bf16, block_t8_bf16 = (_block(True, n) for n in (16, 8))
 
 
-@intrinsic
-def pair_rows16_bf16(typingctx, src, r, c, dst, k, q):
-    """dst[k, q + j] = the bf16 pair src[r, c + j], src[r + 1, c + j] for j < 16 (the panels of a
-    (K, N) operand: two rows of the source are two consecutive k). Needs no transpose, but Numba
-    would do this arithmetic on 64-bit lanes; no bounds checks."""
-    def codegen(context, builder, signature, args):
-        src_t, _, _, dst_t = signature.args[:4]
-        src_v, r_v, c_v, dst_v, k_v, q_v = args
-        src_a = context.make_array(src_t)(context, builder, src_v)
-        dst_a = context.make_array(dst_t)(context, builder, dst_v)
-        vi = ir.VectorType(ir.IntType(32), N)
-        halves = []
-        for h in range(2):
-            row = builder.add(r_v, ir.Constant(r_v.type, h))
-            ptr = cgutils.get_item_pointer(context, builder, src_t, src_a, [row, c_v], wraparound=False)
-            halves.append(_round_bf16(builder, builder.load(builder.bitcast(ptr, vi.as_pointer()), align=4)))
-        word = builder.or_(halves[0], builder.shl(halves[1], ir.Constant(vi, [16] * N)))
-        ptr = cgutils.get_item_pointer(context, builder, dst_t, dst_a, [k_v, q_v], wraparound=False)
-        builder.store(word, builder.bitcast(ptr, vi.as_pointer()), align=4)
-        return context.get_dummy_value()
-    return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
+def _pair_rows(lanes):
+    def pair_rows(typingctx, src, r, c, dst, k, q):
+        def codegen(context, builder, signature, args):
+            src_t, _, _, dst_t = signature.args[:4]
+            src_v, r_v, c_v, dst_v, k_v, q_v = args
+            src_a = context.make_array(src_t)(context, builder, src_v)
+            dst_a = context.make_array(dst_t)(context, builder, dst_v)
+            vi = ir.VectorType(ir.IntType(32), lanes)
+            halves = []
+            for h in range(2):
+                row = builder.add(r_v, ir.Constant(r_v.type, h))
+                ptr = cgutils.get_item_pointer(context, builder, src_t, src_a, [row, c_v], wraparound=False)
+                halves.append(_round_bf16(builder, builder.load(builder.bitcast(ptr, vi.as_pointer()), align=4)))
+            word = builder.or_(halves[0], builder.shl(halves[1], ir.Constant(vi, [16] * lanes)))
+            ptr = cgutils.get_item_pointer(context, builder, dst_t, dst_a, [k_v, q_v], wraparound=False)
+            builder.store(word, builder.bitcast(ptr, vi.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
+    return intrinsic(pair_rows)
+
+
+# dst[k, q + j] = the bf16 pair src[r, c + j], src[r + 1, c + j] for j < 16 or 8 (the panels of a
+# (K, N) operand: two rows of the source are two consecutive k). Needs no transpose, but Numba
+# would do this arithmetic on 64-bit lanes, or one pair at a time; no bounds checks.
+pair_rows16_bf16, pair_rows8_bf16 = _pair_rows(16), _pair_rows(8)
