@@ -7,6 +7,7 @@ import numpy as np
 
 from .errors import UserError
 from .files import read_npz, save_npz
+from .network import aligned_copy, aligned_zeros
 
 # 1: CIFAR-10 only (per-channel statistics of 3x32x32 images); 2: adds input_kind and image_shape.
 FORMAT_VERSION = 2
@@ -68,8 +69,8 @@ def init_model(sizes, mean, std, class_names, rng: np.random.Generator, config=N
     weights, biases = [], []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         w = rng.standard_normal((fan_out, fan_in), dtype=np.float32) * np.float32(np.sqrt(2 / fan_in))
-        weights.append(w)
-        biases.append(np.zeros(fan_out, np.float32))
+        weights.append(aligned_copy(w))
+        biases.append(aligned_zeros(fan_out))
     return Model(weights, biases, np.asarray(mean, np.float32), np.asarray(std, np.float32),
                  list(class_names), dict(config or {}), image_shape=None if image_shape is None else tuple(image_shape))
 
@@ -123,8 +124,8 @@ def model_from_arrays(z, path) -> Model:
     if not layer_keys <= keys or {k for k in keys if k[:1] in "Wb" and k[1:].isdigit()} != layer_keys:
         raise UserError(f"{bad} (layer arrays W0..W{n_layers - 1} and b0..b{n_layers - 1} do not match)")
     # C order whatever the file holds: the products' packing reads rows as contiguous vectors
-    weights = [np.ascontiguousarray(z[f"W{l}"], np.float32) for l in range(n_layers)]
-    biases = [np.ascontiguousarray(z[f"b{l}"], np.float32) for l in range(n_layers)]
+    weights = [aligned_copy(np.asarray(z[f"W{l}"], np.float32)) for l in range(n_layers)]
+    biases = [aligned_copy(np.asarray(z[f"b{l}"], np.float32)) for l in range(n_layers)]
     if version == 1:
         image_shape = CIFAR_SHAPE
     else:
@@ -137,7 +138,7 @@ def model_from_arrays(z, path) -> Model:
                   [str(c) for c in np.asarray(z["class_names"]).reshape(-1)], json.loads(str(z["config"])),
                   image_shape=image_shape)
     if "whiten" in keys:
-        model.whiten = np.ascontiguousarray(z["whiten"], np.float32)
+        model.whiten = aligned_copy(np.asarray(z["whiten"], np.float32))
         model.whiten_bias = np.asarray(z["whiten_bias"], np.float32)
     return model
 

@@ -42,7 +42,8 @@ class OptimizerState:
 
     @classmethod
     def zeros(cls, params, adam: bool) -> "OptimizerState":
-        return cls([np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params] if adam else [])
+        return cls([network.aligned_zeros(p.shape) for p in params],
+                   [network.aligned_zeros(p.shape) for p in params] if adam else [])
 
 
 class Trainer:
@@ -75,7 +76,7 @@ class Trainer:
         self.E_eval = get_engine(cfg.engine)      # accuracy in fp32 whatever the training precision
         self.params = self.model.weights + self.model.biases     # the arrays themselves, updated in place
         self.decays = [cfg.weight_decay] * len(self.model.weights) + [0.0] * len(self.model.biases)
-        self.grads = [np.zeros_like(p) for p in self.params]
+        self.grads = [network.aligned_zeros(p.shape) for p in self.params]
         self.opt = OptimizerState.zeros(self.params, adam=cfg.optimizer != "sgd")
         self.ws = network.workspace_for(self.E, self.model, min(cfg.batch_size, len(self.train_idx)), cfg.dropout > 0)
         self.steps_per_epoch = math.ceil(len(self.train_idx) / self.ws.capacity)
@@ -85,7 +86,7 @@ class Trainer:
         self._shift = np.zeros((2, cap), np.int64)
         self._flip = np.zeros(cap, bool)
         self.best_epoch, self.best_val_accuracy = None, -1.0
-        self.best_params = [np.empty_like(p) for p in self.params] if cfg.patience else []
+        self.best_params = [network.aligned_empty(p.shape) for p in self.params] if cfg.patience else []
         self.history = []
         # Where the run stands: epochs done, and inside the current one its order, next step and sums.
         self.epoch, self.stopped = 0, False

@@ -5,6 +5,8 @@ chunk of images at a time, so no float copy of the dataset is ever made.
 """
 import numpy as np
 
+from .network import aligned_copy
+
 WHITENINGS = ("none", "zca", "pca")
 CHUNK = 1000
 
@@ -43,4 +45,4 @@ def fit_whitening(x, idx, mean, inv_std, kind: str, dims: int, eps: float) -> tu
     else:
         raise ValueError(f"unknown whitening {kind!r}")
     # C order: the products' packing reads rows of its operands as contiguous vectors
-    return np.ascontiguousarray(p, np.float32), (-(p @ mu)).astype(np.float32)
+    return aligned_copy(np.asarray(p, np.float32)), (-(p @ mu)).astype(np.float32)

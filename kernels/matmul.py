@@ -170,8 +170,13 @@ def packed_b_floats(k: int) -> int:
 def pack_workspace(a_floats: int = 0) -> np.ndarray:
     """Scratch for gemm_op: PACK_FLOATS per Numba thread (about 0.3 MB each), then a_floats for
     op(a) packed whole and a shared op(b): at least packed_a_floats(m, k) + packed_b_floats(k) of
-    the largest product it serves (packed_a_floats alone: each task packs b for itself)."""
-    return np.empty(numba.config.NUMBA_NUM_THREADS * PACK_FLOATS + a_floats, np.float32)
+    the largest product it serves (packed_a_floats alone: each task packs b for itself).
+    Its data starts on a 64-byte cache line (NumPy aligns to 16 bytes), and so does every thread's
+    row: a vector load of a packed panel row then never spans two lines."""
+    n = numba.config.NUMBA_NUM_THREADS * PACK_FLOATS + a_floats
+    raw = np.empty(n + 16, np.float32)
+    start = -raw.ctypes.data % 64 // 4
+    return raw[start : start + n]
 
 
 @serial_kernel

@@ -238,3 +238,25 @@ def test_flip_tta_averages_the_logits_of_both_mirror_images(engine):
     sym = np.ascontiguousarray(sym.reshape(n, -1))
     assert network.evaluate(E, model, sym, y, idx, batch=16, flip_tta=True) == pytest.approx(
         network.evaluate(E, model, sym, y, idx, batch=16), rel=1e-6)
+
+
+def test_every_buffer_a_step_reads_starts_on_a_cache_line(tmp_path):
+    """Weights, gradients, optimizer state, workspace and the products' scratch start on a 64-byte
+    line (NumPy gives 16), in a fresh run and in a model loaded from disk."""
+    from fastfcnn.model import load_model, save_model
+
+    def offsets(arrays):
+        return {a.ctypes.data % network.CACHE_LINE for a in arrays}
+
+    cfg = TrainConfig(hidden=[33, 17], batch_size=37, engine="numba", val_size=30, seed=5, optimizer="adam")
+    t = Trainer(cfg, tiny_data())
+    ws = t.ws
+    buffers = t.params + t.grads + t.opt.first + t.opt.second + ws._acts + ws._deltas + [ws._xb, ws.pack]
+    assert offsets(buffers) == {0}
+    save_model(tmp_path / "m.npz", t.model)
+    loaded = load_model(tmp_path / "m.npz")
+    assert offsets(loaded.weights + loaded.biases) == {0}
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.weights, t.model.weights))
+    odd = network.aligned_copy(np.asfortranarray(np.arange(35, dtype=np.float32).reshape(5, 7)))
+    assert odd.flags.c_contiguous and offsets([odd]) == {0}
+    np.testing.assert_array_equal(odd, np.arange(35, dtype=np.float32).reshape(5, 7))
