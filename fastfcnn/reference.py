@@ -61,11 +61,13 @@ def linear_grad_input(dy, w, x, dx, pack):
 
 def softmax_xent_grad(logits, labels, smoothing, dlogits, row_loss):
     n, c = logits.shape
-    log_p = logits - logits.max(axis=1, keepdims=True)
-    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    z = e.sum(axis=1, keepdims=True)
+    log_p = shifted - np.log(z)
     target = np.full((n, c), np.float32(smoothing) / c, dtype=np.float32)
     target[np.arange(n), labels] += np.float32(1 - smoothing)
-    np.multiply(np.exp(log_p) - target, np.float32(1 / n), out=dlogits)
+    np.multiply(e / z - target, np.float32(1 / n), out=dlogits)
     np.sum(-target * log_p, axis=1, out=row_loss)
 
 

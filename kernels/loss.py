@@ -12,27 +12,29 @@ def softmax_xent_grad(logits, labels, smoothing, dlogits, row_loss):
 
     Writes dlogits (B,C) = (softmax(logits) - target) / B, the gradient of the batch-mean loss,
     and row_loss (B,) = -sum(target * log softmax(logits)), where target puts 1 - smoothing on the
-    label and spreads smoothing evenly over all C classes.
+    label and spreads smoothing evenly over all C classes. dlogits must not be logits.
     """
     n, c = logits.shape
     inv_n = np.float32(1) / np.float32(n)
     off = np.float32(smoothing) / np.float32(c)
     on = np.float32(1) - np.float32(smoothing) + off
     for i in prange(n):
-        row = logits[i]
+        row, d = logits[i], dlogits[i]
         m = row[0]
         for j in range(1, c):
             m = max(m, row[j])
         z = np.float32(0)
-        for j in range(c):
-            z += np.exp(row[j] - m)
-        log_z = np.log(z) + m
+        for j in range(c):           # one exp per element: e_j parked in dlogits until z is known
+            e = np.exp(row[j] - m)
+            d[j] = e
+            z += e
+        log_z = np.log(z)
+        scale = inv_n / z
         loss = np.float32(0)
         for j in range(c):
-            log_p = row[j] - log_z
             t = on if j == labels[i] else off
-            dlogits[i, j] = (np.exp(log_p) - t) * inv_n
-            loss -= t * log_p
+            d[j] = d[j] * scale - t * inv_n
+            loss -= t * (row[j] - m - log_z)
         row_loss[i] = loss
 
 
