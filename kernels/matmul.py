@@ -153,6 +153,9 @@ OMB = 256 // OM * OM    # about 256, a multiple of OM
 ONB = 256 // ON * ON    # about 256, a multiple of ON
 _PB = ONB * OKC
 _EDGE = OM * ON
+# Packing at least this many words of op(a) (or of a shared op(b), over two or more k blocks) runs
+# in parallel: starting the threads costs about 1.5 us, packing 8192 floats about 2 us on one.
+PAR_PACK = 8192
 PACK_FLOATS = _PB + _EDGE    # per thread: b panels, edge tile
 
 
@@ -328,16 +331,20 @@ def _block_rows(m, n, threads, min_rows=OMB):
 # that no longer stays in L2, and packing both operands once pays: the seed net's first layer
 # (128 x 3072) is past it, its 64 x 64 layer and any batch of one far below.
 NARROW_OP_FLOATS = 1 << 18
+# Below that, gemm_op still wins from this many output rows per thread (its packing is then a small
+# part of each thread's work, and it has no horizontal sums): a 128 x 64 by 64 product on one
+# thread, 256 x 64 by 64 on two. With fewer, gemm_nt's 32 x 48 blocks keep the threads busier.
+NARROW_OP_ROWS = 128
 
 
 def op_suits(m: int, n: int, k: int, threads: int) -> bool:
     """Whether the forward product of an (m, k) input and an (m, n) output suits gemm_op rather
     than gemm_nt: one block of columns (cut by rows among the threads, op(b) packed once: see
     min_block_rows), at least a register tile wide, with an input too large for gemm_nt to keep in
-    L2; or at least one full block of ONB columns for every thread. (A 10-class output would waste
-    most of every tile.)"""
+    L2 or NARROW_OP_ROWS rows for every thread; or at least one full block of ONB columns for every
+    thread. (A 10-class output would waste most of every tile.)"""
     if n <= ONB:
-        return n >= ON and m * k >= NARROW_OP_FLOATS
+        return n >= ON and (m * k >= NARROW_OP_FLOATS or m >= NARROW_OP_ROWS * threads)
     return (m + OMB - 1) // OMB * (n // ONB) >= threads
 
 
@@ -395,14 +402,14 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
                                              threads)
     packb, pa, pbs = _words(rows), _words(pa_floats), _words(pbs_floats)
     kk = pa.shape[1]
-    if pa.size >= 65536:                         # op(a) into panels pa[p] (K, OM), once for all tasks
+    if pa.size >= PAR_PACK:                      # op(a) into panels pa[p] (K, OM), once for all tasks
         for p in prange(pa.shape[0]):
             _pack_a(a, trans_a, pa, p, m)
     else:                                        # small: cheaper than starting the threads
         for p in range(pa.shape[0]):
             _pack_a(a, trans_a, pa, p, m)
     shared = pbs.shape[0] > 0
-    if shared and pbs.size >= 65536:             # op(b), when every task would pack all of it
+    if shared and pbs.shape[0] > 1 and pbs.size >= PAR_PACK:   # op(b), which every task would pack whole
         for kb in prange(pbs.shape[0]):
             _pack_b(b, trans_b, pbs[kb], 0, n, kb * OKC, min(OKC, kk - kb * OKC))
     elif shared:
