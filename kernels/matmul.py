@@ -316,8 +316,13 @@ def _block_rows(m, n, threads, min_rows=OMB):
     pack b fewer times (the wide net's dw0 = dy.T @ x, 1024x3072: 4x fewer times at 1024 rows,
     about 10 % faster). A min_rows below OMB serves outputs of one block of columns, which pack b
     once for all tasks (min_block_rows; the bf16 products take OM for every shape): the seed net's
-    128x64 forward product needs 64-row blocks to use 2 threads."""
+    128x64 forward product needs 64-row blocks to use 2 threads. Such an output (one block of
+    columns, min_rows below OMB) is cut into one block per thread, in whole register-tile panels:
+    prange gives each thread an equal run of tasks, so any other count leaves one thread more rows
+    (with AVX2's 6-row panels the seed net's 128 rows were 5 blocks, 90 rows against 38)."""
     nb = (n + ONB - 1) // ONB
+    if nb == 1 and min_rows < OMB:
+        return max((m + OM - 1) // OM + threads - 1, threads) // threads * OM
     rows = 4 * OMB
     while True:
         mb = (m + rows - 1) // rows
