@@ -310,16 +310,18 @@ def split_pack(pack, m, n, k_panel, omb, threads):
 
 @serial_kernel
 def _block_rows(m, n, threads, min_rows=OMB):
-    """Rows of out per task: blocks of up to 4 x OMB rows while that leaves at least two tasks per
-    thread, halving down to min_rows, evened out so the last block is not a sliver (the tasks go
-    to the threads in equal runs). Each task packs its b panels once per k block, so taller blocks
-    pack b fewer times (the wide net's dw0 = dy.T @ x, 1024x3072: 4x fewer times at 1024 rows,
-    about 10 % faster). A min_rows below OMB serves outputs of one block of columns, which pack b
-    once for all tasks (min_block_rows; the bf16 products take OM for every shape): the seed net's
-    128x64 forward product needs 64-row blocks to use 2 threads. Such an output (one block of
-    columns, min_rows below OMB) is cut into one block per thread, in whole register-tile panels:
-    prange gives each thread an equal run of tasks, so any other count leaves one thread more rows
-    (with AVX2's 6-row panels the seed net's 128 rows were 5 blocks, 90 rows against 38)."""
+    """Rows of out per task.
+
+    An output of one block of columns (n <= ONB) with min_rows below OMB (min_block_rows; the bf16
+    products pass OM for every shape) shares one packing of op(b) among its tasks, so it is cut by
+    rows only: one block per thread, in whole register-tile panels. prange gives each thread an
+    equal run of tasks, so any other count leaves one thread more rows (with AVX2's 6-row panels,
+    5 blocks of the seed net's 128 rows would give one thread 90 rows and the other 38).
+
+    Otherwise each task packs its b panels once per k block, so taller blocks pack b fewer times
+    (the wide net's dw0 = dy.T @ x, 1024x3072: 4x fewer times at 1024 rows, about 10 % faster):
+    blocks of up to 4 x OMB rows while that leaves at least two tasks per thread, halving down to
+    min_rows, evened out so the last block is not a sliver."""
     nb = (n + ONB - 1) // ONB
     if nb == 1 and min_rows < OMB:
         return max((m + OM - 1) // OM + threads - 1, threads) // threads * OM
