@@ -286,13 +286,13 @@ def check_pack(pack, m: int, k_panel: int, name: str) -> None:
 
 
 @serial_kernel
-def split_pack(pack, m, n, k_panel, omb, threads):
+def split_pack(pack, m, n, k_panel, mb, threads):
     """gemm_op's workspace (pack_workspace, checked by check_pack) cut into its per-thread rows
     (threads, PACK_FLOATS), the panels of op(a), (m, k) packed as (ceil(m/OM), k_panel, OM) words
     (k_panel: k, or the pairs of k of the bf16 products), and the panels of a shared op(b),
     (ceil(k_panel/OKC), ceil(n/ON), OKC, ON) words.
 
-    op(b) is shared when out is one block of columns cut into several blocks of omb rows (a
+    op(b) is shared when out is one block of columns cut into mb > 1 blocks of rows (a
     narrow layer's products: the seed net's first-layer forward product) and the workspace has
     room for it; otherwise its first dimension is 0 and each task packs b for itself."""
     threads = np.int64(threads)                  # numba.get_num_threads() is an int32
@@ -302,35 +302,36 @@ def split_pack(pack, m, n, k_panel, omb, threads):
     kbs = max(1, (k_panel + OKC - 1) // OKC)
     nts = (n + ON - 1) // ON
     start = per_thread + words
-    if n > ONB or m <= omb or pack.size < start + kbs * nts * OKC * ON:
+    if n > ONB or mb <= 1 or pack.size < start + kbs * nts * OKC * ON:
         kbs, nts = 0, 1
     pbs = pack[start : start + kbs * nts * OKC * ON].reshape((kbs, nts, OKC, ON))
     return pack[:per_thread].reshape((threads, PACK_FLOATS)), pa, pbs
 
 
 @serial_kernel
-def _block_rows(m, n, threads, min_rows=OMB):
-    """Rows of out per task.
+def _row_blocks(m, n, threads, min_rows=OMB):
+    """How many blocks of rows out is cut into; the kernel gives each block a run of whole OM-row
+    register-tile panels, as even as can be, and prange each thread an equal run of blocks.
 
     An output of one block of columns (n <= ONB) with min_rows below OMB (min_block_rows; the bf16
-    products pass OM for every shape) shares one packing of op(b) among its tasks, so it is cut by
-    rows only: one block per thread, in whole register-tile panels. prange gives each thread an
-    equal run of tasks, so any other count leaves one thread more rows (with AVX2's 6-row panels,
-    5 blocks of the seed net's 128 rows would give one thread 90 rows and the other 38).
+    products pass OM for every shape) shares one packing of op(b) among its blocks, so it is cut
+    by rows only, into two blocks per thread: every thread gets the same rows to within a panel
+    (the seed net's 128 rows in AVX2's 6-row panels: 11 panels each), and blocks of a few panels
+    keep the slice of op(a) a block reads per k block in L1.
 
     Otherwise each task packs its b panels once per k block, so taller blocks pack b fewer times
     (the wide net's dw0 = dy.T @ x, 1024x3072: 4x fewer times at 1024 rows, about 10 % faster):
     blocks of up to 4 x OMB rows while that leaves at least two tasks per thread, halving down to
-    min_rows, evened out so the last block is not a sliver."""
+    min_rows."""
+    panels = max((m + OM - 1) // OM, 1)
     nb = (n + ONB - 1) // ONB
     if nb == 1 and min_rows < OMB:
-        return max((m + OM - 1) // OM + threads - 1, threads) // threads * OM
+        return min(2 * threads, panels)
     rows = 4 * OMB
     while True:
         mb = (m + rows - 1) // rows
         if mb * nb >= 2 * threads or rows // 2 < min_rows:
-            even = (m + mb - 1) // max(mb, 1)
-            return max((even + OM - 1) // OM * OM, OM)
+            return min(max(mb, 1), panels)
         rows //= 2
 
 
@@ -356,7 +357,7 @@ def op_suits(m: int, n: int, k: int, threads: int) -> bool:
 
 
 def min_block_rows(n: int) -> int:
-    """The shortest block of rows gemm_op gives a task (see _block_rows): an output of one block of
+    """The shortest block of rows gemm_op gives a task (see _row_blocks): an output of one block of
     columns shares one packing of op(b) among all tasks (split_pack), so it can be cut as finely
     as a register tile to keep every thread busy; a wider one keeps OMB rows, as each task packs
     its own columns of b once per block of rows."""
@@ -404,8 +405,8 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
     block of panels per k block, or empty (split_pack says when). threads: numba.get_num_threads(),
     from the caller (called outside a prange, it would make the kernel uncacheable)."""
     m, n = out.shape
-    omb = _block_rows(m, n, threads, min_rows)
-    rows, pa_floats, pbs_floats = split_pack(pack, m, n, _k_panel(a.shape[0] if trans_a else a.shape[1]), omb,
+    mb = _row_blocks(m, n, threads, min_rows)
+    rows, pa_floats, pbs_floats = split_pack(pack, m, n, _k_panel(a.shape[0] if trans_a else a.shape[1]), mb,
                                              threads)
     packb, pa, pbs = _words(rows), _words(pa_floats), _words(pbs_floats)
     kk = pa.shape[1]
@@ -422,15 +423,15 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
     elif shared:
         for kb in range(pbs.shape[0]):
             _pack_b(b, trans_b, pbs[kb], 0, n, kb * OKC, min(OKC, kk - kb * OKC))
-    mb = (m + omb - 1) // omb                    # omb: a multiple of OM
+    panels = (m + OM - 1) // OM
     nb = (n + ONB - 1) // ONB
     for t in prange(mb * nb):
         ws = rows[numba.get_thread_id()]         # < get_num_threads(), the rows of pack
         pb = packb[numba.get_thread_id()][:_PB].reshape((ONB // ON, OKC, ON))
         edge = ws[_PB : _PB + _EDGE].reshape((OM, ON))
-        i0 = (t // nb) * omb
+        i0 = (t // nb) * panels // mb * OM       # block t // nb: a run of whole panels
         j0 = (t % nb) * ONB
-        i1 = min(i0 + omb, m)
+        i1 = min(((t // nb) + 1) * panels // mb * OM, m)
         j1 = min(j0 + ONB, n)
         for k0 in range(0, max(kk, 1), OKC):     # one empty block when kk == 0, so out is still written
             kn = min(OKC, kk - k0)

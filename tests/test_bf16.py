@@ -115,10 +115,10 @@ def test_narrow_products_pack_b_once(trans_b):
     and several of rows: with room in the workspace op(b) is packed once, in parallel over its k
     blocks, for all tasks (and its result checked against the twin and the per-task packing)."""
     m, n, k = 128, 64, 3072
-    omb = matmul._block_rows(m, n, numba.get_num_threads(), min_rows=matmul.OM)
-    assert m > omb
+    mb = matmul._row_blocks(m, n, numba.get_num_threads(), min_rows=matmul.OM)
+    assert mb > 1
     roomy = matmul.pack_workspace(matmul.packed_a_floats(m, k) + matmul.packed_b_floats(k))
-    pbs = matmul.split_pack(roomy, m, n, (k + 1) // 2, omb, numba.get_num_threads())[2]
+    pbs = matmul.split_pack(roomy, m, n, (k + 1) // 2, mb, numba.get_num_threads())[2]
     assert pbs.shape == (6, 2, matmul.OKC, matmul.ON) and pbs.size >= 65536      # packed in parallel
     check_against_twin(m, n, k, False, trans_b, R.BIAS_RELU)
 

@@ -87,11 +87,13 @@ def test_op_block_remainders(m, n, k, trans_a, trans_b, mode):
 
 @pytest.mark.parametrize("trans_a,trans_b", [(True, False), (False, False), (False, True)])
 def test_op_tall_blocks(trans_a, trans_b):
-    """Enough output for blocks of up to 4 x OMB rows (see _block_rows), with a remainder."""
+    """Enough output for blocks of up to 4 x OMB rows (see _row_blocks), with a remainder."""
     m = 4 * matmul.OMB + 9
-    rows = matmul._block_rows(m, 4 * matmul.ONB + 5, 2)
-    assert rows % matmul.OM == 0 and 2 * matmul.OMB < rows <= 4 * matmul.OMB and -(-m // rows) == 2
-    assert matmul._block_rows(1024, 3072, 2) == {8: 1024, 6: 516}[matmul.OM]   # wide dw0: 1 block, or 2 even
+    assert matmul._row_blocks(m, 4 * matmul.ONB + 5, 2) == 2          # two blocks of 2 x OMB rows and more
+    assert matmul._row_blocks(1024, 3072, 2) == {8: 1, 6: 2}[matmul.OM]   # wide dw0: 1024 rows, or 2 x 512
+    # an output of one block of columns, op(b) shared: two blocks a thread, never more than its panels
+    assert matmul._row_blocks(128, 64, 2, matmul.OM) == 4 and matmul._row_blocks(128, 64, 16, matmul.OM) == 16
+    assert matmul._row_blocks(9, 64, 16, matmul.OM) == 2 and matmul._row_blocks(0, 64, 2, matmul.OM) == 1
     check_op(4 * matmul.OMB + 9, 4 * matmul.ONB + 5, 7, trans_a, trans_b, R.BIAS_RELU, seed=3)
 
 
@@ -103,12 +105,12 @@ def test_op_packs_a_narrow_b_once_when_there_is_room(m, n, k, trans_b):
     gives the same bits as each task packing it, and NumPy's product."""
     import numba
 
-    omb = matmul._block_rows(m, n, numba.get_num_threads())
-    assert m > omb
+    mb = matmul._row_blocks(m, n, numba.get_num_threads(), matmul.min_block_rows(n))
+    assert mb > 1
     roomy = K.pack_workspace(matmul.packed_a_floats(m, k) + matmul.packed_b_floats(k))
     tight = K.pack_workspace(matmul.packed_a_floats(m, k))
-    assert matmul.split_pack(roomy, m, n, k, omb, numba.get_num_threads())[2].shape[0] == -(-k // matmul.OKC)
-    assert matmul.split_pack(tight, m, n, k, omb, numba.get_num_threads())[2].shape[0] == 0
+    assert matmul.split_pack(roomy, m, n, k, mb, numba.get_num_threads())[2].shape[0] == -(-k // matmul.OKC)
+    assert matmul.split_pack(tight, m, n, k, mb, numba.get_num_threads())[2].shape[0] == 0
     rng = np.random.default_rng(m + k)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
