@@ -80,7 +80,25 @@ def gather_augment(x, idx, shift_y, shift_x, flip, pad_mode, channels, height, w
             first, step = sx, 1
             lo = min(max(0, -sx), width)
             hi = max(min(width, width - sx), lo)
+        # Unflipped, the rows whose source row is inside the image, [r0, r1), are one shifted span
+        # of the plane: one long copy loop instead of a short one per row. It also writes the
+        # padding columns of the rows between, which the loops below then write as they should be.
+        r0, r1 = min(max(0, -sy), height), max(min(height, height - sy), 0)
+        block = not fl and r1 > r0 and hi > lo
+        if block:
+            delta = sy * width + sx
+            for k in range(r0 * width + lo, (r1 - 1) * width + hi):
+                dst[_u(k)] = src[_u(k + delta)]
+            if lo > 0 or hi < width:
+                for r in range(r0, r1):
+                    o, row = r * width, (r + sy) * width
+                    for c in range(lo):
+                        _pad_pixel(src, dst, o + c, row, first + c, width, reflect)
+                    for c in range(hi, width):
+                        _pad_pixel(src, dst, o + c, row, first + c, width, reflect)
         for r in range(height):
+            if block and r0 <= r < r1:
+                continue
             o = r * width
             y = _source(r + sy, height, reflect)
             if y < 0:
