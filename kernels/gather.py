@@ -1,6 +1,9 @@
 """Assemble a training batch from the dataset (uint8 images or float32 features)."""
 import numpy as np
+from llvmlite import ir
 from numba import prange
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from .config import kernel, serial_kernel
 from .prefetch import prefetch
@@ -69,6 +72,7 @@ def gather_augment(x, idx, shift_y, shift_x, flip, pad_mode, channels, height, w
         src = x[idx[i], base : base + plane]
         dst = out[i, base : base + plane]
         sy, sx, fl = shift_y[i], shift_x[i], flip[i]
+        unit = src.strides[0] == src.itemsize and dst.strides[0] == dst.itemsize   # _reversed8 needs it
         # Output column c reads source column first + step * c (step -1 if flipped). The columns
         # [lo, hi) of every row read inside the image: a plain copy loop. Only the <= |sx|
         # columns either side need the padding rule. All of this is per image, not per row.
@@ -107,7 +111,11 @@ def gather_augment(x, idx, shift_y, shift_x, flip, pad_mode, channels, height, w
                 continue
             s = y * width + first
             if fl:
-                for c in range(lo, hi):
+                c = lo
+                while unit and c + REV <= hi:
+                    _reversed8(src, s - c - (REV - 1), dst, o + c)
+                    c += REV
+                for c in range(c, hi):
                     dst[_u(o + c)] = src[_u(s - c)]
             else:
                 for c in range(lo, hi):
@@ -116,6 +124,29 @@ def gather_augment(x, idx, shift_y, shift_x, flip, pad_mode, channels, height, w
                 _pad_pixel(src, dst, o + c, y * width, first + step * c, width, reflect)
             for c in range(hi, width):
                 _pad_pixel(src, dst, o + c, y * width, first + step * c, width, reflect)
+
+
+# A mirrored row is copied 8 pixels at a time, reversed in a vector register: a row is 32 pixels,
+# too short for the loop vectoriser, which wants 32 or 64 iterations of a uint8 loop.
+REV = 8
+
+
+@intrinsic
+def _reversed8(typingctx, src, s, dst, d):
+    """dst[d + j] = src[s + 7 - j] for j < 8: 1-d arrays of one dtype, contiguous; no bounds checks."""
+    def codegen(context, builder, signature, args):
+        src_t, _, dst_t, _ = signature.args
+        src_a = context.make_array(src_t)(context, builder, args[0])
+        dst_a = context.make_array(dst_t)(context, builder, args[2])
+        elt = context.get_data_type(src_t.dtype)
+        vec = ir.VectorType(elt, REV)
+        ps = cgutils.get_item_pointer(context, builder, src_t, src_a, [args[1]], wraparound=False)
+        pd = cgutils.get_item_pointer(context, builder, dst_t, dst_a, [args[3]], wraparound=False)
+        v = builder.load(builder.bitcast(ps, vec.as_pointer()), align=1)
+        v = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), REV), list(range(REV - 1, -1, -1))))
+        builder.store(v, builder.bitcast(pd, vec.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.void(src, types.intp, dst, types.intp), codegen
 
 
 @serial_kernel

@@ -435,6 +435,25 @@ def test_gather_augment_shapes_match_reference(shape, dtype, pad_mode, pad):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_gather_augment_mirrored_rows_whatever_the_layout(dtype, order):
+    """Mirrored rows of 8 pixels or more are copied 8 at a time, reversed in a register; the
+    remainders, and images whose pixels are not adjacent in memory (a Fortran-ordered x), take the
+    pixel-by-pixel copy. Every image mirrored, every shift up to the pad."""
+    shape = (3, 32, 29)
+    rng = np.random.default_rng(29)
+    x, idx, sy, sx, _ = shape_inputs(rng, shape, dtype, 12, 4, 4)
+    x = np.asarray(x, order=order)
+    flip = np.ones(12, bool)
+    outs = []
+    for impl in (K, R):
+        out = np.full((12, x.shape[1]), 7, dtype)
+        impl.gather_augment(x, idx, sy, sx, flip, K.PAD_REFLECT, *shape, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_gather_augment_non_square_zero_pad_and_flip(dtype):
     shape = (2, 5, 7)
     rng = np.random.default_rng(5)
