@@ -133,15 +133,21 @@ REV = 8
 
 @intrinsic
 def _reversed8(typingctx, src, s, dst, d):
-    """dst[d + j] = src[s + 7 - j] for j < 8: 1-d arrays of one dtype, contiguous; no bounds checks."""
+    """dst[d + j] = src[s + 7 - j] for j < 8: 1-d arrays with adjacent elements; no bounds checks.
+    Of one dtype, a vector load, a reversing shuffle and a store; of two, element by element, cast."""
     def codegen(context, builder, signature, args):
         src_t, _, dst_t, _ = signature.args
         src_a = context.make_array(src_t)(context, builder, args[0])
         dst_a = context.make_array(dst_t)(context, builder, args[2])
-        elt = context.get_data_type(src_t.dtype)
-        vec = ir.VectorType(elt, REV)
         ps = cgutils.get_item_pointer(context, builder, src_t, src_a, [args[1]], wraparound=False)
         pd = cgutils.get_item_pointer(context, builder, dst_t, dst_a, [args[3]], wraparound=False)
+        if src_t.dtype != dst_t.dtype:
+            for j in range(REV):
+                v = builder.load(builder.gep(ps, [ir.Constant(ir.IntType(64), REV - 1 - j)]))
+                v = context.cast(builder, v, src_t.dtype, dst_t.dtype)
+                builder.store(v, builder.gep(pd, [ir.Constant(ir.IntType(64), j)]))
+            return context.get_dummy_value()
+        vec = ir.VectorType(context.get_data_type(src_t.dtype), REV)
         v = builder.load(builder.bitcast(ps, vec.as_pointer()), align=1)
         v = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), REV), list(range(REV - 1, -1, -1))))
         builder.store(v, builder.bitcast(pd, vec.as_pointer()), align=1)

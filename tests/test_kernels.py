@@ -451,6 +451,9 @@ def test_gather_augment_mirrored_rows_whatever_the_layout(dtype, order):
         impl.gather_augment(x, idx, sy, sx, flip, K.PAD_REFLECT, *shape, out)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
+    into_float = np.full((12, x.shape[1]), 7, np.float32)      # another dtype: cast as it is copied
+    K.gather_augment(x, idx, sy, sx, flip, K.PAD_REFLECT, *shape, into_float)
+    np.testing.assert_array_equal(into_float, outs[1].astype(np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
