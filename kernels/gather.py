@@ -115,6 +115,9 @@ def gather_augment(x, idx, shift_y, shift_x, flip, pad_mode, channels, height, w
                 while unit and c + REV <= hi:
                     _reversed8(src, s - c - (REV - 1), dst, o + c)
                     c += REV
+                if unit and c < hi and hi - lo >= REV:     # the last 8, overlapping: no pixel loop
+                    _reversed8(src, s - (hi - REV) - (REV - 1), dst, o + hi - REV)
+                    c = hi
                 for c in range(c, hi):
                     dst[_u(o + c)] = src[_u(s - c)]
             else:
