@@ -13,9 +13,7 @@ def aligned_empty(shape, dtype=F32) -> np.ndarray:
     """An uninitialised C-ordered array whose data starts on a 64-byte cache line.
 
     NumPy aligns its arrays to 16 bytes, so a row of a (., 3072) float32 matrix starts mid-line
-    and every 16-float vector load of it spans two lines; with rows 12 KB apart, all of them in the
-    same L1 set. The matrix products read and pack such rows: the seed net's first-layer forward
-    product is about 3 % faster, its training step 1-2 %, with every buffer it touches aligned."""
+    and every 16-float vector load of it that the matrix products' packing makes spans two lines."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(nbytes + CACHE_LINE, np.uint8)

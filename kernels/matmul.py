@@ -24,6 +24,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..network import aligned_empty
 from . import vtile
 from .config import AVX512, kernel, serial_kernel
 from .prefetch import prefetch
@@ -176,10 +177,7 @@ def pack_workspace(a_floats: int = 0) -> np.ndarray:
     the largest product it serves (packed_a_floats alone: each task packs b for itself).
     Its data starts on a 64-byte cache line (NumPy aligns to 16 bytes), and so does every thread's
     row: a vector load of a packed panel row then never spans two lines."""
-    n = numba.config.NUMBA_NUM_THREADS * PACK_FLOATS + a_floats
-    raw = np.empty(n + 16, np.float32)
-    start = -raw.ctypes.data % 64 // 4
-    return raw[start : start + n]
+    return aligned_empty(numba.config.NUMBA_NUM_THREADS * PACK_FLOATS + a_floats)
 
 
 @serial_kernel

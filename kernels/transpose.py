@@ -39,7 +39,7 @@ def _transpose(builder, rows):
 
 
 def _round_bf16(builder, u):
-    """Lanes of <16 x i32> float bits -> the bfloat16 bits nearest (ties to even), NaN quietened."""
+    """Lanes of <n x i32> float bits -> the bfloat16 bits nearest (ties to even), NaN quietened."""
     vi = u.type
     c = lambda v: ir.Constant(vi, [v] * vi.count)     # noqa: E731
     nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
