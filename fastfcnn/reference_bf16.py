@@ -13,10 +13,12 @@ from . import reference as R
 
 def to_bf16(x) -> np.ndarray:
     """float32 x rounded to the nearest bfloat16 (ties to even), as float32 (low 16 bits zero).
-    NaN stays NaN (quietened), float32 beyond bfloat16's range rounds to inf."""
+    NaN stays NaN (quietened), float32 beyond bfloat16's range rounds to inf, and float32
+    subnormals become zero of their sign: what `vcvtneps2bf16` does, and so the kernels."""
     u = np.ascontiguousarray(x, np.float32).view(np.uint32)
     rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
     nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    rounded = np.where(u & np.uint32(0x7F800000), rounded, u & np.uint32(0x80000000))
     return np.where(nan, (u & np.uint32(0xFFFF0000)) | np.uint32(0x400000), rounded).astype(np.uint32).view(np.float32)
 
 

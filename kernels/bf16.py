@@ -30,24 +30,12 @@ from .config import kernel, serial_kernel, variant
 from .linear import bias_grad, normalise
 from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PLAIN, check_op_args, check_pack
 from .prefetch import prefetch
-from .transpose import block_t8_bf16, block_t16_bf16, pair_rows8_bf16, pair_rows16_bf16
+from .transpose import BFloat, block_t8_bf16, block_t16_bf16, pair_rows8_bf16, pair_rows16_bf16
 from .vtile import register_tile, splat
 
 # The feature string the kernels compile for (config.py sets it from the host unless the user did):
 # masking AVX-512 off (fastfcnn bench --avx2) masks bf16 too.
 AVAILABLE = "+avx512bf16" in os.environ.get("NUMBA_CPU_FEATURES", "").split(",")
-
-
-class _BFloat(ir.types._BaseFloatType):
-    """LLVM's bfloat, which llvmlite's ir does not define."""
-    null = "0.0"
-    intrinsic_name = "bf16"
-
-    def __str__(self):
-        return "bfloat"
-
-
-_BFloat._create_instance()
 
 
 @intrinsic
@@ -61,10 +49,14 @@ def float_bits(typingctx, x):
 @serial_kernel
 def to_bf16(x):
     """The bfloat16 nearest to the float32 x (ties to even), as the low 16 bits of a uint32.
-    NaN stays NaN (quietened); a float32 too large for bfloat16 rounds to inf, as it should."""
+    NaN stays NaN (quietened); a float32 too large for bfloat16 rounds to inf, as it should; a
+    float32 subnormal becomes zero of its sign, as `vcvtneps2bf16` makes it (the vector packing,
+    kernels/transpose.py)."""
     u = float_bits(x)
     if u & np.uint32(0x7FFFFFFF) > np.uint32(0x7F800000):
         return (u >> np.uint32(16)) | np.uint32(0x40)
+    if u & np.uint32(0x7F800000) == np.uint32(0):
+        return (u >> np.uint32(16)) & np.uint32(0x8000)
     return (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
 
 
@@ -157,17 +149,17 @@ def _prefetch_rows(b, trans_b, r0, r1, j0, j1, k1, k2):
 def _load_b(builder, ptr):
     """32 bfloat16 numbers of a pb panel row: 16 pair words, as <32 x bfloat>."""
     vi = ir.VectorType(ir.IntType(32), 16)
-    return builder.bitcast(builder.load(builder.bitcast(ptr, vi.as_pointer()), align=4), ir.VectorType(_BFloat(), 32))
+    return builder.bitcast(builder.load(builder.bitcast(ptr, vi.as_pointer()), align=4), ir.VectorType(BFloat(), 32))
 
 
 def _broadcast_a(builder, ptr):
     """One pair word of a pa panel row in all 16 lanes, as <32 x bfloat>."""
     return builder.bitcast(splat(builder, builder.load(ptr, align=4), ir.VectorType(ir.IntType(32), 16)),
-                           ir.VectorType(_BFloat(), 32))
+                           ir.VectorType(BFloat(), 32))
 
 
 def _dot(builder, acc, a, b):
-    vf, vb = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
+    vf, vb = ir.VectorType(ir.FloatType(), 16), ir.VectorType(BFloat(), 32)
     dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vb, vb]),
                                          "llvm.x86.avx512bf16.dpbf16ps.512")
     return builder.call(dot, [acc, a, b])

@@ -3,6 +3,7 @@ check, and training end to end. Tests of the kernels skip on CPUs without AVX512
 tested everywhere."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from fastfcnn import network
 from fastfcnn import reference as R
 from fastfcnn.engine import get_engine
 from fastfcnn.errors import UserError
-from fastfcnn.kernels import bf16, matmul
+from fastfcnn.kernels import bf16, matmul, transpose
 from fastfcnn.model import init_model, load_model
 from fastfcnn.reference_bf16 import gemm_op_bf16 as twin_gemm, to_bf16
 
@@ -46,7 +47,10 @@ def test_rounding_is_to_nearest_even():
     got = to_bf16(np.array(list(cases), np.float32))
     np.testing.assert_array_equal(got, np.array(list(cases.values()), np.float32))
     assert bits(to_bf16(np.float32(-0.0))) == 0x80000000                  # the sign of zero is kept
-    assert bits(to_bf16(from_bits([0x00018000]))) == 0x00020000   # subnormals round too
+    # float32 subnormals become zero of their sign, as vcvtneps2bf16 makes them; the smallest
+    # normal number is kept
+    np.testing.assert_array_equal(bits(to_bf16(from_bits([0x00018000, 0x807FFFFF, 0x00800000]))),
+                                  [0, 0x80000000, 0x00800000])
     nan = to_bf16(np.array([np.nan, -np.nan], np.float32))
     assert np.isnan(nan).all() and (bits(nan) & 0xFFFF == 0).all()
     assert (bits(to_bf16(from_bits([0x7F800001]))) == 0x7FC00000)   # a signalling NaN is quietened
@@ -185,6 +189,22 @@ def test_the_product_runs_on_vdpbf16ps():
     assert len(dots) >= matmul.OM * matmul.ON // 16 and all("zmm" in line for line in dots)
 
 
+@needs_bf16
+def test_packing_rounds_on_vcvtneps2bf16():
+    """Both vector packings, compiled afresh, round with the CPU's instruction (what the twin
+    emulates, subnormals and all), not with integer arithmetic."""
+    @numba.njit
+    def both(src, dst):
+        transpose.block_t16_bf16(src, 0, 0, dst, 0, 0)
+        transpose.pair_rows16_bf16(src, 0, 0, dst, 0, 0)
+
+    src = np.ones((16, 32), np.float32)
+    both(src, np.empty((16, 16), np.uint32))
+    asm = both.inspect_asm(both.signatures[0])
+    converts = re.findall(r"\bvcvtne2?ps2bf16\b", asm)     # one source vector or two
+    assert len(converts) >= 16 + 1
+
+
 def hidden_margin(model, xb) -> float:
     """The smallest |input| of any hidden ReLU of the net on the batch xb, in float64."""
     mean, inv_std = (a.astype(np.float64) for a in model.input_transform())
@@ -321,12 +341,31 @@ def test_runs_checkpointed_before_precision_existed_resume_in_fp32():
 @pytest.mark.parametrize("w", [8, 32])
 @pytest.mark.parametrize("k_cols", [77, 78])
 def test_bf16_panels_hold_rounded_pairs(w, k_cols):
-    """Both packings of kernels/bf16.py against NumPy: pairs of consecutive k, rounded, the even k in
-    the low half, an odd last k paired with zero; from source rows (_pack_cols, transposed in
-    registers) and from source columns (_pack_rows)."""
     rng = np.random.default_rng(w + k_cols)
     src = rng.standard_normal((61, k_cols), dtype=np.float32)
     r0, r1, k0, kd = 3, 58, 2, 1
+    check_both_packings(src, r0, r1, k0, kd, w)
+
+
+@needs_bf16
+@pytest.mark.parametrize("w", [8, 32])
+def test_bf16_panels_round_every_bit_pattern_as_the_twin(w):
+    """The vector packings round with vcvtneps2bf16: on random bit patterns (NaNs, infinities,
+    subnormals, ties among them) they give what the twin's to_bf16 gives, bit for bit."""
+    rng = np.random.default_rng(w)
+    patterns = rng.integers(0, 2**32, 61 * 96, dtype=np.uint64).astype(np.uint32)
+    special = [0x7F800001, 0xFF800001, 0x7FC00000, 0x00018000, 0x80008000, 0x007FFFFF, 0x00800000,
+               0x7F7FFFFF, 0x3F808000, 0x3F818000, 0x7F800000, 0x80000000]
+    patterns[: len(special)] = special
+    patterns[::7] &= np.uint32(0x807FFFFF)                     # plenty of subnormals
+    check_both_packings(patterns.view(np.float32).reshape(61, 96), 0, 61, 0, 0, w)
+
+
+def check_both_packings(src, r0, r1, k0, kd, w):
+    """kernels/bf16.py's packings of src against NumPy: pairs of consecutive k, rounded by the
+    twin's to_bf16, the even k in the low half, an odd last k paired with zero; from source rows
+    (_pack_cols, transposed in registers) and from source columns (_pack_rows)."""
+    k_cols = src.shape[1]
     kn = (k_cols + 1) // 2 - k0
     n_panels = (r1 - r0 + w - 1) // w
     halves = np.zeros((n_panels * w, 2 * kn), np.uint32)
