@@ -439,13 +439,18 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
                 _pack_b(b, trans_b, pb, j0, j1, k0, kn)
             n_i = (i1 - i0 + OM - 1) // OM
             n_j = (j1 - j0 + ON - 1) // ON
-            # while this block computes, prefetch the rows of b the next k block packs, spread over
-            # the tiles: each row's first line would otherwise cost a memory latency in the packing
-            k1, k2 = k0 + OKC, min(k0 + 2 * OKC, kk)
-            n_pf = 0 if k1 >= kk or shared else (j1 - j0 if trans_b else k2 - k1)
+            # while this block computes, prefetch the rows of b the next k block packs (after the
+            # last one, the first of the next task's columns), spread over the tiles: each row's
+            # first line would otherwise cost a memory latency in the packing
+            k1, k2, pj0, pj1 = k0 + OKC, min(k0 + 2 * OKC, kk), j0, j1
+            if k1 >= kk:
+                k1, k2 = 0, min(OKC, kk)
+                pj0 = ((t + 1) % nb) * ONB
+                pj1 = min(pj0 + ONB, n)
+            n_pf = 0 if shared or (k0 + OKC >= kk and t + 1 == mb * nb) else (pj1 - pj0 if trans_b else k2 - k1)
             n_q = n_i * n_j
             for q in range(n_q):
-                _prefetch_rows(b, trans_b, q * n_pf // n_q, (q + 1) * n_pf // n_q, j0, j1, k1, k2)
+                _prefetch_rows(b, trans_b, q * n_pf // n_q, (q + 1) * n_pf // n_q, pj0, pj1, k1, k2)
                 if kk <= OKC:    # out written once: along its rows, so the stores fill its lines in order
                     it, jt = q // n_j, q % n_j
                 else:            # out stays in L2 across k blocks: one b panel in L1 while a streams past
