@@ -19,14 +19,13 @@ first (fastfcnn.engine turns it into one clear error).
 """
 import os
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from . import matmul
-from .config import kernel, serial_kernel, variant
+from .config import kernel, num_threads, serial_kernel, variant
 from .linear import bias_grad, normalise
 from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PLAIN, check_op_args, check_pack
 from .prefetch import prefetch
@@ -190,7 +189,7 @@ def gemm_op_bf16(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     shapes, modes and workspace (matmul.pack_workspace; pairs along k need no more than gemm_op)."""
     k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
     check_pack(pack, out.shape[0], (k + 1) // 2, "gemm_op_bf16")
-    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, OM, numba.get_num_threads())
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, OM, num_threads())
 
 
 # The layers of kernels/linear.py with every product in bf16 (the same functions, arguments and

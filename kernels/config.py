@@ -24,6 +24,7 @@ import types
 import llvmlite.binding
 import numba
 import numba.core.config
+import numba.np.ufunc.parallel
 from numba.core.caching import CacheImpl, InTreeCacheLocator, UserProvidedCacheLocator
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -123,6 +124,24 @@ def variant(fn, name, **swap):
 # Below this much work (elements touched) a call runs serially: forking and joining the thread
 # pool costs a few microseconds, more than a bias update or the loss of a 10-class batch takes.
 PARALLEL_MIN_WORK = 16384
+
+
+_pool_size = None
+
+
+def num_threads() -> int:
+    """numba.get_num_threads(), for the layer functions that pass it to their kernels every call.
+
+    Numba's own takes a lock on every call to make sure its thread pool is started (about 0.5 us,
+    as much as the rest of a small product's Python); once the pool is up, its C function alone
+    answers (same value: it is what numba.get_num_threads returns), and if a Numba release renames
+    it, numba.get_num_threads answers instead."""
+    global _pool_size
+    if _pool_size is None:
+        threads = numba.get_num_threads()          # starts the pool
+        _pool_size = getattr(numba.np.ufunc.parallel, "_get_num_threads", None) or numba.get_num_threads
+        return threads
+    return _pool_size()
 
 
 def sized_kernel(work):

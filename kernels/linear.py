@@ -9,11 +9,10 @@ of w) or 128 rows for every thread (its second layer, on one thread); the others
 output layer, small batches, or 16 threads sharing 1024 units) take gemm_nt, whose 32x48 blocks
 keep every thread busy and need no packing.
 """
-import numba
 import numpy as np
 from numba import prange
 
-from .config import kernel, sized_kernel
+from .config import kernel, num_threads, sized_kernel
 from .matmul import BIAS, BIAS_RELU, MASK, PLAIN, gemm_nt, gemm_op, op_suits
 
 
@@ -45,7 +44,7 @@ def input_linear_forward(xb, mean, inv_std, w, b, relu, x, out, pack):
 def linear_forward(x, w, b, relu, out, pack):
     """out (B,H) = act(x (B,D) @ w (H,D).T + b (H,)), act = ReLU if relu else identity."""
     mode = BIAS_RELU if relu else BIAS
-    if op_suits(out.shape[0], out.shape[1], x.shape[1], numba.get_num_threads()):
+    if op_suits(out.shape[0], out.shape[1], x.shape[1], num_threads()):
         gemm_op(x, False, w, True, out, b, out, mode, pack)
     else:
         gemm_nt(x, w, out, b, out, mode)

@@ -26,7 +26,7 @@ from numba import prange
 
 from ..network import aligned_empty
 from . import vtile
-from .config import AVX512, kernel, serial_kernel
+from .config import AVX512, kernel, num_threads, serial_kernel
 from .prefetch import prefetch
 from .transpose import block_t6, block_t8, block_t16
 
@@ -268,7 +268,7 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
     check_pack(pack, out.shape[0], k, "gemm_op")
     _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_block_rows(out.shape[1]),
-             numba.get_num_threads())
+             num_threads())
 
 
 # Rows of per-thread scratch pack_workspace allocates: one per thread Numba can run, which is at

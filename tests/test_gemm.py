@@ -149,6 +149,22 @@ def test_op_results_do_not_depend_on_the_thread_count():
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
 
 
+def test_the_layers_see_every_thread_count_numba_is_set_to():
+    """kernels.config.num_threads (what the layer functions pass their kernels) follows
+    numba.set_num_threads, whoever calls it."""
+    import numba
+
+    from fastfcnn.engine import max_threads
+    from fastfcnn.kernels.config import num_threads
+
+    try:
+        for threads in (1, max_threads(), 1):
+            numba.set_num_threads(threads)
+            assert num_threads() == numba.get_num_threads() == threads
+    finally:
+        numba.set_num_threads(max_threads())
+
+
 def test_op_rejects_what_its_unchecked_kernel_would_read_or_write_out_of_bounds():
     a = np.ones((4, 5), np.float32)
     out = np.zeros((5, 6), np.float32)
