@@ -74,11 +74,11 @@ def _pack_rows(src, panels, c0, c1, k0, kn, kd):
     kk = src.shape[0]
     n_t = (c1 - c0 + w - 1) // w
     cols = c1 - c0
+    step = 16 if w % 16 == 0 else 8 if w % 8 == 0 else 0     # columns within one panel
+    vec = cols // step * step if step else 0
     for k in range(kn):
         r = 2 * (k0 + k)
         if r + 1 < kk:
-            step = 16 if w % 16 == 0 else 8 if w % 8 == 0 else 0     # columns within one panel
-            vec = cols // step * step if step else 0
             for c in range(0, vec, max(step, 1)):
                 if step == 16:
                     pair_rows16_bf16(src, r, c0 + c, panels[c // w], kd + k, c % w)

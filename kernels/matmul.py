@@ -442,12 +442,13 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
             # while this block computes, prefetch the rows of b the next k block packs (after the
             # last one, the first of the next task's columns), spread over the tiles: each row's
             # first line would otherwise cost a memory latency in the packing
+            last_k = k0 + OKC >= kk
             k1, k2, pj0, pj1 = k0 + OKC, min(k0 + 2 * OKC, kk), j0, j1
-            if k1 >= kk:
+            if last_k:
                 k1, k2 = 0, min(OKC, kk)
                 pj0 = ((t + 1) % nb) * ONB
                 pj1 = min(pj0 + ONB, n)
-            n_pf = 0 if shared or (k0 + OKC >= kk and t + 1 == mb * nb) else (pj1 - pj0 if trans_b else k2 - k1)
+            n_pf = 0 if shared or (last_k and t + 1 == mb * nb) else (pj1 - pj0 if trans_b else k2 - k1)
             n_q = n_i * n_j
             for q in range(n_q):
                 _prefetch_rows(b, trans_b, q * n_pf // n_q, (q + 1) * n_pf // n_q, pj0, pj1, k1, k2)
