@@ -271,3 +271,26 @@ def test_avx2_child_failure_is_the_exit_code(monkeypatch):
     monkeypatch.setattr(cli_bench.subprocess, "run", lambda args, env: subprocess.CompletedProcess(args, 3))
     monkeypatch.delenv("FASTFCNN_BENCH_ISA", raising=False)
     assert CliRunner().invoke(app, ["bench", "--avx2", "--quick"]).exit_code == 3
+
+
+def test_time_phases_takes_each_phase_in_its_fastest_repeat(monkeypatch):
+    from bench import timing
+    monkeypatch.setattr(timing, "SETTLE_SECONDS", 0.0)
+    # a fake clock: each call of a phase advances it by the phase's cost in that call, so the
+    # timing is exact; "slow" costs 5 ms in every repeat but one, where it costs 1 ms
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    calls = {"slow": 0, "steady": 0}
+    # calls 0 and 1: warm-up and calibration; then 2 calls a repeat: calls 4 and 5 are the second
+    costs = {"slow": lambda i: 1e-3 if i in (4, 5) else 5e-3, "steady": lambda i: 2e-3}
+
+    def phase(name):
+        def run():
+            clock[0] += costs[name](calls[name])
+            calls[name] += 1
+        return run
+    sets = {"a": {"slow": (phase("slow"), 0), "steady": (phase("steady"), 0)}}
+    seconds = timing.time_phases(sets, 3, 0.0141)     # calibration: a pass takes 7 ms, so 2 calls a repeat
+    assert calls == {"slow": 2 + 3 * 2, "steady": 2 + 3 * 2}
+    assert seconds["a"]["slow"] == pytest.approx(1e-3)       # the second repeat; the median is 5 ms
+    assert seconds["a"]["steady"] == pytest.approx(2e-3)
