@@ -79,11 +79,15 @@ def _pack_rows(src, panels, c0, c1, k0, kn, kd):
     for k in range(kn):
         r = 2 * (k0 + k)
         if r + 1 < kk:
+            t, q = 0, 0                          # column c = t*w + q, counted without dividing
             for c in range(0, vec, max(step, 1)):
                 if step == 16:
-                    pair_rows16_bf16(src, r, c0 + c, panels[c // w], kd + k, c % w)
+                    pair_rows16_bf16(src, r, c0 + c, panels[t], kd + k, q)
                 else:
-                    pair_rows8_bf16(src, r, c0 + c, panels[c // w], kd + k, c % w)
+                    pair_rows8_bf16(src, r, c0 + c, panels[t], kd + k, q)
+                q += step
+                if q == w:
+                    t, q = t + 1, 0
             for c in range(vec, cols):
                 panels[c // w, kd + k, c % w] = _pair(src[r, c0 + c], src[r + 1, c0 + c])
         else:
