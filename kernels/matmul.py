@@ -450,12 +450,18 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
                 pj1 = min(pj0 + ONB, n)
             n_pf = 0 if shared or (last_k and t + 1 == mb * nb) else (pj1 - pj0 if trans_b else k2 - k1)
             n_q = n_i * n_j
+            # tile q prefetches rows q * n_pf // n_q up to (q + 1) * n_pf // n_q, and the tiles are
+            # walked by counters: a division per tile would cost a few percent of a short one
+            pf_step, pf_rem = n_pf // max(n_q, 1), n_pf % max(n_q, 1)
+            pf0, pf_err, it, jt = 0, 0, 0, 0
             for q in range(n_q):
-                _prefetch_rows(b, trans_b, q * n_pf // n_q, (q + 1) * n_pf // n_q, pj0, pj1, k1, k2)
-                if kk <= OKC:    # out written once: along its rows, so the stores fill its lines in order
-                    it, jt = q // n_j, q % n_j
-                else:            # out stays in L2 across k blocks: one b panel in L1 while a streams past
-                    it, jt = q % n_i, q // n_i
+                pf1 = pf0 + pf_step
+                pf_err += pf_rem
+                if pf_err >= n_q:
+                    pf_err -= n_q
+                    pf1 += 1
+                _prefetch_rows(b, trans_b, pf0, pf1, pj0, pj1, k1, k2)
+                pf0 = pf1
                 i = i0 + it * OM
                 j = j0 + jt * ON
                 full = i + OM <= i1 and j + ON <= j1
@@ -464,6 +470,14 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
                      full and k0 > 0)
                 if not full:
                     _add_edge(edge, out, i, min(i + OM, i1), j, min(j + ON, j1), k0 > 0)
+                if kk <= OKC:    # out written once: along its rows, so the stores fill its lines in order
+                    jt += 1
+                    if jt == n_j:
+                        it, jt = it + 1, 0
+                else:            # out stays in L2 across k blocks: one b panel in L1 while a streams past
+                    it += 1
+                    if it == n_i:
+                        it, jt = 0, jt + 1
         _epilogue(out, i0, i1, j0, j1, bias, mask, mode)
 
 
