@@ -19,11 +19,20 @@ def _median(xs) -> float:
     return float(np.median(np.asarray(xs, dtype=np.float64)))
 
 
+def rotated(keys, r: int) -> list:
+    """The keys in order, started r places in: each round of an interleaved timing visits the
+    contenders in another order, so other load that recurs with the period of a round (on a shared
+    machine: another job's loop) does not land on the same contender every time."""
+    keys = list(keys)
+    r %= max(len(keys), 1)
+    return keys[r:] + keys[:r]
+
+
 def time_phases(phase_sets: dict, repeats: int, seconds: float, before: dict | None = None) -> dict:
     """Interleaved per-call timing of several dicts of phases (as from common.step_phases).
 
-    phase_sets: label -> {name: (fn, flops)}. Each repeat runs, label after label, every phase of a
-    set `number` times in step order. before: label -> callable run before each of that label's
+    phase_sets: label -> {name: (fn, flops)}. Each repeat runs, label after label (in the order
+    `rotated` gives that repeat), every phase of a set `number` times in step order. before: label -> callable run before each of that label's
     turns (e.g. setting its thread count). Returns label -> {name: seconds per call in the
     repeat where that phase ran fastest}.
 
@@ -45,8 +54,9 @@ def time_phases(phase_sets: dict, repeats: int, seconds: float, before: dict | N
             fn()
         numbers[label] = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
     samples = {label: {name: [] for name in phases} for label, phases in phase_sets.items()}
-    for _ in range(repeats):
-        for label, phases in phase_sets.items():
+    for r in range(repeats):
+        for label in rotated(phase_sets, r):
+            phases = phase_sets[label]
             prepare(label)
             time.sleep(SETTLE_SECONDS)
             spent = dict.fromkeys(phases, 0.0)
@@ -183,8 +193,9 @@ def bench_net(net: str, data, engines, repeats: int, quick: bool, counts, log, p
             switch[n]()
             fn()
     times = {key: [] for key in epoch_fns}
-    for _ in range(repeats):
-        for (n, e), fn in epoch_fns.items():
+    for r in range(repeats):
+        for (n, e) in rotated(epoch_fns, r):
+            fn = epoch_fns[(n, e)]
             switch[n]()
             time.sleep(SETTLE_SECONDS)
             times[(n, e)].append(fn())
@@ -204,8 +215,8 @@ def bench_net(net: str, data, engines, repeats: int, quick: bool, counts, log, p
         for t in trainers.values():              # warm-up (compiles the softmax kernel)
             network.predict_proba(t.E, t.model, x_test[:300])
     ptimes = {(n, e): [] for n in counts for e in trainers}
-    for _ in range(repeats):
-        for (n, e) in ptimes:
+    for r in range(repeats):
+        for (n, e) in rotated(ptimes, r):
             switch[n]()
             time.sleep(SETTLE_SECONDS)
             t = trainers[e]

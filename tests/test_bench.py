@@ -294,3 +294,9 @@ def test_time_phases_takes_each_phase_in_its_fastest_repeat(monkeypatch):
     assert calls == {"slow": 2 + 3 * 2, "steady": 2 + 3 * 2}
     assert seconds["a"]["slow"] == pytest.approx(1e-3)       # the second repeat; the median is 5 ms
     assert seconds["a"]["steady"] == pytest.approx(2e-3)
+
+
+def test_each_round_visits_the_contenders_in_another_order():
+    from bench.timing import rotated
+    assert [rotated("abc", r) for r in range(4)] == [list("abc"), list("bca"), list("cab"), list("abc")]
+    assert rotated([], 3) == []
