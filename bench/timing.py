@@ -32,9 +32,9 @@ def time_phases(phase_sets: dict, repeats: int, seconds: float, before: dict | N
     """Interleaved per-call timing of several dicts of phases (as from common.step_phases).
 
     phase_sets: label -> {name: (fn, flops)}. Each repeat runs, label after label (in the order
-    `rotated` gives that repeat), every phase of a set `number` times in step order. before: label -> callable run before each of that label's
-    turns (e.g. setting its thread count). Returns label -> {name: seconds per call in the
-    repeat where that phase ran fastest}.
+    `rotated` gives that repeat), every phase of a set `number` times in step order.
+    before: label -> callable run before each of that label's turns (e.g. setting its thread
+    count). Returns label -> {name: seconds per call in the repeat where that phase ran fastest}.
 
     The fastest rather than the median: on a shared machine another job only ever adds time, and
     it comes in bursts of seconds that can land on one label's turns in most repeats (the gather
