@@ -184,8 +184,19 @@ def _as_words(x):
     return x.view(np.uint32)
 
 
+@serial_kernel
+def _packed(trans_a, n):
+    return False                 # the tile reads op(a) as bf16 pairs: always packed
+
+
+@serial_kernel
+def _packed_panel(a, pa, i, k0, kn):
+    return pa[i // OM, k0 : k0 + kn]
+
+
 _gemm_op = kernel(variant(matmul._gemm_op.py_func, "_gemm_op_bf16", _pack_a=_pack_a, _pack_b=_pack_b,
-                          _prefetch_rows=_prefetch_rows, tile=tile, _k_panel=_pairs, _words=_as_words))
+                          _prefetch_rows=_prefetch_rows, tile=tile, _k_panel=_pairs, _words=_as_words,
+                          _reads_a=_packed, _in_place=_packed_panel))
 
 
 def gemm_op_bf16(a, trans_a, b, trans_b, out, bias, mask, mode, pack):

@@ -396,6 +396,24 @@ def _words(x):
     return x
 
 
+@serial_kernel
+def _reads_a(trans_a, n):
+    """Whether the tiles read op(a) where it lies rather than from packed panels: when a is (M, K),
+    each of a tile's OM rows of a is a run of k in memory that the tile walks as fast as a packed
+    panel, and when out is one block of columns (n <= ONB) packing a is a whole pass over it for
+    the few tiles that read each panel (two, in the seed net's first-layer forward product).
+    A wider out reuses each packed panel for many tiles, and reading rows a power of two apart in
+    place makes them collide in L1; a transposed a (K, M) has only OM floats of a panel per row.
+    (bf16.py: never; its panels hold bf16 pairs.)"""
+    return not trans_a and n <= ONB
+
+
+@serial_kernel
+def _in_place(a, pa, i, k0, kn):
+    """Rows i..i+OM of a (M, K) for the k block k0..k0+kn as the tile reads a panel: (kn, OM)."""
+    return a[i : i + OM, k0 : k0 + kn].T
+
+
 @kernel
 def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, threads):
     """gemm_op's kernel. The source is compiled again by kernels/bf16.py with its own packing, tile,
@@ -408,7 +426,11 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
                                              threads)
     packb, pa, pbs = _words(rows), _words(pa_floats), _words(pbs_floats)
     kk = pa.shape[1]
-    if pa.size >= PAR_PACK:                      # op(a) into panels pa[p] (K, OM), once for all tasks
+    in_place = _reads_a(trans_a, n)
+    if in_place:                                 # only a last, partial panel needs its zero rows
+        if m % OM:
+            _pack_a(a, trans_a, pa, m // OM, m)
+    elif pa.size >= PAR_PACK:                    # op(a) into panels pa[p] (K, OM), once for all tasks
         for p in prange(pa.shape[0]):
             _pack_a(a, trans_a, pa, p, m)
     else:                                        # small: cheaper than starting the threads
@@ -466,8 +488,12 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
                 j = j0 + jt * ON
                 full = i + OM <= i1 and j + ON <= j1
                 dst = out if full else edge      # a partial tile is computed whole into edge, then cropped
-                tile(pa[i // OM, k0 : k0 + kn], pb[jt], dst, i if full else 0, j if full else 0, kn,
-                     full and k0 > 0)
+                if in_place and i + OM <= m:
+                    tile(_in_place(a, pa, i, k0, kn), pb[jt], dst, i if full else 0, j if full else 0, kn,
+                         full and k0 > 0)
+                else:
+                    tile(pa[i // OM, k0 : k0 + kn], pb[jt], dst, i if full else 0, j if full else 0, kn,
+                         full and k0 > 0)
                 if not full:
                     _add_edge(edge, out, i, min(i + OM, i1), j, min(j + ON, j1), k0 > 0)
                 if kk <= OKC:    # out written once: along its rows, so the stores fill its lines in order

@@ -1,7 +1,8 @@
 """Register tiles written as LLVM vector IR: the micro-kernel of the outer-product products.
 
-A tile computes out[i:i+OM, j:j+ON] (+)= pa[:kn].T @ pb[:kn] from packed panels pa (KC, OM) and
-pb (KC, ON): per step of k, ON/lanes vector loads of pb, OM broadcasts of one element of pa, and
+A tile computes out[i:i+OM, j:j+ON] (+)= pa[:kn].T @ pb[:kn] from panels pa (KC, OM) and
+pb (KC, ON), packed (pa may also be a strided view of OM rows of the left operand, read in
+place: kernels/matmul._reads_a): per step of k, ON/lanes vector loads of pb, OM broadcasts of one element of pa, and
 OM x ON/lanes multiply-adds into accumulators that stay in vector registers. Numba has no vector
 types, so the tiles are intrinsics that emit the vector IR themselves; register allocation is then
 not left to LLVM's SLP vectoriser, which reached about 60 % of this rate with AVX2. Two kinds:
@@ -21,7 +22,8 @@ def register_tile(om: int, on: int, lanes: int, load_b, broadcast_a, madd):
     float32 accumulators, added to out[i:i+om, j:j+on] if accumulate, else stored there. The
     element type of pa and pb is the kind's: load_b(builder, ptr) loads the vector of pb at ptr,
     broadcast_a(builder, ptr) the element of pa at ptr, and madd(builder, acc, a, b) returns acc
-    plus their products. The rows of pa, pb and out must be contiguous; no bounds checks."""
+    plus their products. The rows of pb and out must be contiguous; pa is read through its strides
+    (a C-ordered packed panel, or a view of rows of the left operand read in place); no bounds checks."""
     nv = on // lanes
 
     @intrinsic
@@ -38,11 +40,12 @@ def register_tile(om: int, on: int, lanes: int, load_b, broadcast_a, madd):
             acc = [[cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(nv)] for _ in range(om)]
             zero = ir.Constant(i64, 0)
             with cgutils.for_range(builder, kn_v) as loop:
-                ra = cgutils.get_item_pointer(context, builder, pa_t, pa_a, [loop.index, zero], wraparound=False)
                 rb = cgutils.get_item_pointer(context, builder, pb_t, pb_a, [loop.index, zero], wraparound=False)
                 bv = [load_b(builder, builder.gep(rb, [ir.Constant(i64, lanes * v)])) for v in range(nv)]
                 for r in range(om):
-                    xa = broadcast_a(builder, builder.gep(ra, [ir.Constant(i64, r)]))
+                    xa = broadcast_a(builder, cgutils.get_item_pointer(context, builder, pa_t, pa_a,
+                                                                      [loop.index, ir.Constant(i64, r)],
+                                                                      wraparound=False))
                     for v in range(nv):
                         builder.store(madd(builder, builder.load(acc[r][v]), xa, bv[v]), acc[r][v])
             for r in range(om):
