@@ -410,7 +410,8 @@ def _reads_a(trans_a, n):
 
 @serial_kernel
 def _in_place(a, pa, i, k0, kn):
-    """Rows i..i+OM of a (M, K) for the k block k0..k0+kn as the tile reads a panel: (kn, OM)."""
+    """Rows i..i+OM of a (M, K) for the k block k0..k0+kn as the tile reads a panel: (kn, OM).
+    pa goes unused here; bf16.py's version, with the same arguments, returns its packed panel."""
     return a[i : i + OM, k0 : k0 + kn].T
 
 
