@@ -489,6 +489,8 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
                 j = j0 + jt * ON
                 full = i + OM <= i1 and j + ON <= j1
                 dst = out if full else edge      # a partial tile is computed whole into edge, then cropped
+                # two call sites, one panel type each: a single one would unify a packed panel and a
+                # view of a into one strided type, and the packed panels' tiles would pay for it
                 if in_place and i + OM <= m:
                     tile(_in_place(a, pa, i, k0, kn), pb[jt], dst, i if full else 0, j if full else 0, kn,
                          full and k0 > 0)
