@@ -1,5 +1,6 @@
 """The rich tables of `fastfcnn bench`: per net, the thread-count sweep, and the one-line
-summaries (per-step overhead, threading layer, instruction set, start-up and memory)."""
+summaries (per-step overhead, threading layer, instruction set, gemm_op's plans, start-up and
+memory)."""
 
 
 def render(report: dict, console) -> None:
@@ -69,6 +70,15 @@ def render(report: dict, console) -> None:
                       f"kernels {'with' if isa.get('kernels_avx512') else 'without'} AVX-512"
                       + (f", OpenBLAS as {isa['blas_architecture']}" if isa.get("blas_architecture") else ""),
                       highlight=False)
+    plans = report.get("gemm_b_plans")
+    if plans:
+        ways = {}
+        for p in plans:
+            shape = f"{'dw' if p['trans_a'] else 'dx'} {p['out'][0]}x{p['out'][1]} (k {p['k']})"
+            ways.setdefault(shape, {}).setdefault("in place" if p["in_place"] else "packed", []).append(p["threads"])
+        console.print("gemm_op's right operand, as timed on the first calls of each shape: " + "; ".join(
+            f"{shape} " + ", ".join(f"{way} on {'/'.join(map(str, sorted(t)))} thr" for way, t in w.items())
+            for shape, w in ways.items()), highlight=False)
     s = report["startup"]
     console.print(f"JIT compile (cold cache): {s['compile_seconds']:.1f} s; start to first step: "
                   f"{s['cold_start_to_first_step_seconds']:.1f} s cold, "

@@ -151,6 +151,9 @@ def run(nets, threads, data_dir: Path | None, quick: bool, repeats: int | None, 
     report["sweep"] = sweep_summary(by_count, counts)
     report["threading"] = threading_record()
     report["isa"] = isa_record()
+    if "numba" in engines:
+        from fastfcnn.kernels.matmul import b_plans
+        report["gemm_b_plans"] = b_plans()
     set_threads(counts[0])
     report["startup"] = startup_and_memory(data_args, quick, log)
     return report

@@ -194,9 +194,20 @@ def _packed_panel(a, pa, i, k0, kn):
     return pa[i // OM, k0 : k0 + kn]
 
 
+@serial_kernel
+def _packed_b(trans_b):
+    return False                 # and op(b) too: gemm_op_bf16 never asks for b in place
+
+
+@serial_kernel
+def _packed_b_panel(b, pb, jt, j, j1, k0, kn, in_place):
+    return pb[jt]
+
+
 _gemm_op = kernel(variant(matmul._gemm_op.py_func, "_gemm_op_bf16", _pack_a=_pack_a, _pack_b=_pack_b,
                           _prefetch_rows=_prefetch_rows, tile=tile, _k_panel=_pairs, _words=_as_words,
-                          _reads_a=_packed, _in_place=_packed_panel))
+                          _reads_a=_packed, _in_place=_packed_panel,
+                          _reads_b=_packed_b, _b_panel=_packed_b_panel))
 
 
 def gemm_op_bf16(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
@@ -204,7 +215,7 @@ def gemm_op_bf16(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     shapes, modes and workspace (matmul.pack_workspace; pairs along k need no more than gemm_op)."""
     k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
     check_pack(pack, out.shape[0], (k + 1) // 2, "gemm_op_bf16")
-    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, OM, num_threads())
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, OM, num_threads(), False)
 
 
 # The layers of kernels/linear.py with every product in bf16 (the same functions, arguments and

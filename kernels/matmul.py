@@ -20,6 +20,8 @@ no horizontal sums and no transposed copies of its operands.
 Row slices (`a[i, k0:k1]`) index from 0 in the hot loop: an index Numba can prove non-negative
 needs no wraparound check, which would otherwise turn every vector load into a gather.
 """
+import time
+
 import numba
 import numpy as np
 from numba import prange
@@ -259,7 +261,8 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     copy (the packing reads them as stored). Every element of out, and of op(a)'s packed panels,
     is written by one prange iteration; the pack row a thread uses for b is rewritten before it
     is read, and the block shapes change no element's order of summation, so results do not
-    depend on the thread count.
+    depend on the thread count. A (K, N) b is read packed or in place, whichever the first calls
+    of the shape measured faster (B_PLANS); the bits are the same either way.
 
     Checks its arguments in Python first: the kernel indexes without bounds checks. Everything
     else (blocks, workspace views) is worked out inside the kernel, where it costs nothing next
@@ -267,8 +270,46 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     """
     k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
     check_pack(pack, out.shape[0], k, "gemm_op")
-    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_block_rows(out.shape[1]),
-             num_threads())
+    threads, rows = num_threads(), min_block_rows(out.shape[1])
+    if trans_b:
+        _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, rows, threads, False)
+        return
+    key = (out.shape, k, trans_a, threads)
+    plan = B_PLANS.get(key)
+    if plan.__class__ is bool:
+        _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, rows, threads, plan)
+        return
+    if plan is None:
+        plan = B_PLANS[key] = ([], [])           # the times of the calls packed, in place
+    in_place = len(plan[0]) > len(plan[1])       # alternate, starting packed
+    start = time.perf_counter()
+    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, rows, threads, in_place)
+    plan[in_place].append(time.perf_counter() - start)
+    if len(plan[1]) > PLAN_TRIALS:
+        B_PLANS[key] = min(plan[1][1:]) < min(plan[0][1:])
+
+
+# How gemm_op reads a (K, N) right operand (the backward products: dw = dy.T @ x, dx = dy @ w):
+# packed into panels, or in place. Both give the same bits (the tile reads the same values in the
+# same order); which is faster depends on the CPU and the shape. In place saves a pass over b, but
+# the kn rows of a panel lie a row of b apart, and for the usual power-of-two-like widths they fall
+# into a few L1 sets, so every tile reads them from L2 again. On Zen 4 that hides behind the 16
+# cycles of FMAs a k step of the AVX-512 8x32 tile takes, and the first-layer dw of both bench nets
+# is faster in place; behind the 6 cycles of the AVX2 6x16 tile it does not, and large products are
+# faster packed (small ones still gain in place: there the packing costs more than it saves). A CPU
+# with two full-width FMA units per core halves the 8x32 tile's time per k as well. So gemm_op
+# measures, like an FFTW plan: the first calls of each shape (out.shape, k, trans_a, thread count)
+# alternate the two ways, one untimed and PLAN_TRIALS timed calls each, and the way with the better
+# best time serves every later call. B_PLANS maps a shape to that decision, or to its trials so far.
+B_PLANS = {}
+PLAN_TRIALS = 3
+
+
+def b_plans() -> list:
+    """gemm_op's decisions so far, one dict per shape and thread count: the output's shape, k,
+    trans_a (True: a dw product, dy.T @ x), threads, and in_place (False: b is packed)."""
+    return [{"out": list(out), "k": k, "trans_a": trans_a, "threads": threads, "in_place": plan}
+            for (out, k, trans_a, threads), plan in B_PLANS.items() if plan.__class__ is bool]
 
 
 # Rows of per-thread scratch pack_workspace allocates: one per thread Numba can run, which is at
@@ -415,12 +456,34 @@ def _in_place(a, pa, i, k0, kn):
     return a[i : i + OM, k0 : k0 + kn].T
 
 
+@serial_kernel
+def _reads_b(trans_b):
+    """Whether the tiles can read op(b) where it lies: when b is (K, N), the ON columns of a panel
+    are a run of each row of b, so a tile's vector loads of pb can come from b's rows as they are
+    (gemm_op decides whether they do: see B_PLANS). A transposed b (N, K) has to be packed: its
+    panel rows are columns of b. (bf16.py: never; its panels hold bf16 pairs.)"""
+    return not trans_b
+
+
+@serial_kernel
+def _b_panel(b, pb, jt, j, j1, k0, kn, in_place):
+    """What the tile reads for the columns j..j+ON of op(b) and the k block k0..k0+kn, (kn, ON):
+    b itself (in_place, b (K, N), all ON columns there), else the panel packed in pb (in place, a
+    block's last, partial panel is packed alone into pb[0])."""
+    if not in_place:
+        return pb[jt]
+    if j + ON <= j1:
+        return b[k0 : k0 + kn, j : j + ON]
+    return pb[0]
+
+
 @kernel
-def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, threads):
+def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, threads, b_in_place):
     """gemm_op's kernel. The source is compiled again by kernels/bf16.py with its own packing, tile,
     _k_panel and _words, on bf16 pairs. pbs: op(b) packed once for all tasks, a (ONB-column)
     block of panels per k block, or empty (split_pack says when). threads: numba.get_num_threads(),
-    from the caller (called outside a prange, it would make the kernel uncacheable)."""
+    from the caller (called outside a prange, it would make the kernel uncacheable). b_in_place: read
+    a (K, N) b in place rather than packed (same bits either way; see B_PLANS)."""
     m, n = out.shape
     mb = _row_blocks(m, n, threads, min_rows)
     rows, pa_floats, pbs_floats = split_pack(pack, m, n, _k_panel(a.shape[0] if trans_a else a.shape[1]), mb,
@@ -437,7 +500,8 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
     else:                                        # small: cheaper than starting the threads
         for p in range(pa.shape[0]):
             _pack_a(a, trans_a, pa, p, m)
-    shared = pbs.shape[0] > 0
+    b_in_place = b_in_place and _reads_b(trans_b)
+    shared = pbs.shape[0] > 0 and not b_in_place
     if shared and pbs.shape[0] > 1 and pbs.size >= PAR_PACK:   # op(b), which every task would pack whole
         for kb in prange(pbs.shape[0]):
             _pack_b(b, trans_b, pbs[kb], 0, n, kb * OKC, min(OKC, kk - kb * OKC))
@@ -458,8 +522,10 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
             kn = min(OKC, kk - k0)
             if shared:
                 pb = pbs[k0 // OKC]
-            else:
+            elif not b_in_place:
                 _pack_b(b, trans_b, pb, j0, j1, k0, kn)
+            elif (j1 - j0) % ON:                 # only a last, partial panel needs its zero columns
+                _pack_b(b, trans_b, pb, j1 - (j1 - j0) % ON, j1, k0, kn)
             n_i = (i1 - i0 + OM - 1) // OM
             n_j = (j1 - j0 + ON - 1) // ON
             # while this block computes, prefetch the rows of b the next k block packs (after the
@@ -491,11 +557,12 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
                 dst = out if full else edge      # a partial tile is computed whole into edge, then cropped
                 # two call sites, one panel type each: a single one would unify a packed panel and a
                 # view of a into one strided type, and the packed panels' tiles would pay for it
+                b_panel = _b_panel(b, pb, jt, j, j1, k0, kn, b_in_place)
                 if in_place and i + OM <= m:
-                    tile(_in_place(a, pa, i, k0, kn), pb[jt], dst, i if full else 0, j if full else 0, kn,
+                    tile(_in_place(a, pa, i, k0, kn), b_panel, dst, i if full else 0, j if full else 0, kn,
                          full and k0 > 0)
                 else:
-                    tile(pa[i // OM, k0 : k0 + kn], pb[jt], dst, i if full else 0, j if full else 0, kn,
+                    tile(pa[i // OM, k0 : k0 + kn], b_panel, dst, i if full else 0, j if full else 0, kn,
                          full and k0 > 0)
                 if not full:
                     _add_edge(edge, out, i, min(i + OM, i1), j, min(j + ON, j1), k0 > 0)

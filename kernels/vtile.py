@@ -1,8 +1,8 @@
 """Register tiles written as LLVM vector IR: the micro-kernel of the outer-product products.
 
 A tile computes out[i:i+OM, j:j+ON] (+)= pa[:kn].T @ pb[:kn] from panels pa (KC, OM) and
-pb (KC, ON), packed (pa may also be a strided view of OM rows of the left operand, read in place:
-kernels/matmul._reads_a): per step of k, ON/lanes vector loads of pb, OM broadcasts of one element
+pb (KC, ON), packed, or strided views of the operands read in place (OM rows of the left one, ON
+columns of the right one: kernels/matmul._reads_a, _reads_b): per step of k, ON/lanes vector loads of pb, OM broadcasts of one element
 of pa, and OM x ON/lanes multiply-adds into accumulators that stay in vector registers. Numba has
 no vector types, so the tiles are intrinsics that emit the vector IR themselves; register allocation
 is then not left to LLVM's SLP vectoriser, which reached about 60 % of this rate with AVX2. Two kinds:
@@ -22,9 +22,8 @@ def register_tile(om: int, on: int, lanes: int, load_b, broadcast_a, madd):
     float32 accumulators, added to out[i:i+om, j:j+on] if accumulate, else stored there. The
     element type of pa and pb is the kind's: load_b(builder, ptr) loads the vector of pb at ptr,
     broadcast_a(builder, ptr) the element of pa at ptr, and madd(builder, acc, a, b) returns acc
-    plus their products. The rows of pb and out must be contiguous; pa is read through its strides
-    (a C-ordered packed panel, or a view of rows of the left operand read in place). No bounds
-    checks."""
+    plus their products. The rows of pb and out must be contiguous; pa and pb are read through their
+    strides (C-ordered packed panels, or views of the operands read in place). No bounds checks."""
     nv = on // lanes
 
     @intrinsic

@@ -156,6 +156,20 @@ def test_bench_threading_layer_and_isa(quick):
     assert isa["avx2_run"] is False and isinstance(isa["kernels_avx512"], bool)
 
 
+def test_bench_reports_how_gemm_op_reads_each_backward_product_s_right_operand(quick):
+    """Every dw and dx product of both nets, at every count, was timed both ways and decided."""
+    output, report = quick
+    plans = {(tuple(p["out"]), p["k"], p["trans_a"], p["threads"]): p["in_place"] for p in report["gemm_b_plans"]}
+    assert all(isinstance(way, bool) for way in plans.values())
+    for net in report["nets"].values():
+        for n in COUNTS:
+            for l, (batch, fan_in, fan_out) in enumerate(net["layers"]):
+                assert ((fan_out, fan_in), batch, True, n) in plans                  # dw = dy.T @ x
+                if l > 0:
+                    assert ((batch, fan_in), fan_out, False, n) in plans             # dx = dy @ w
+    assert "gemm_op's right operand, as timed on the first calls of each shape: dw " in output
+
+
 def test_bench_jax_peer(quick):
     from fastfcnn.bench import jax_epoch
     _, report = quick

@@ -49,14 +49,41 @@ def test_empty_reduction_writes_zeros_plus_bias():
 PACK = K.pack_workspace(matmul.packed_a_floats(4 * matmul.OMB, 4 * matmul.OKC))   # room for every op(a) below
 
 
+class Forced(dict):
+    """A stand-in for matmul.B_PLANS that answers `in_place` for every shape."""
+
+    def __init__(self, in_place):
+        super().__init__()
+        self.in_place = in_place
+
+    def get(self, key, default=None):
+        return self.in_place
+
+
+def gemm_op_each_way(*args):
+    """gemm_op(*args) with b packed and with b read in place (a (K, N) b; a transposed b is always
+    packed): the two must give the same bits. Returns the output."""
+    out, plans = args[4], matmul.B_PLANS
+    results = []
+    try:
+        for in_place in (False, True):
+            matmul.B_PLANS = Forced(in_place)
+            out.fill(np.nan)
+            K.gemm_op(*args)
+            results.append(out.copy())
+    finally:
+        matmul.B_PLANS = plans
+    np.testing.assert_array_equal(results[0], results[1])
+    return out
+
+
 def check_op(m, n, k, trans_a, trans_b=False, mode=R.PLAIN, seed=0):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
     b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
     bias = rng.standard_normal(n, dtype=np.float32)
     mask = rng.standard_normal((m, n), dtype=np.float32)
-    got = np.full((m, n), np.nan, np.float32)
-    K.gemm_op(a, trans_a, b, trans_b, got, bias, mask, mode, PACK)
+    got = gemm_op_each_way(a, trans_a, b, trans_b, np.empty((m, n), np.float32), bias, mask, mode, PACK)
     want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
     if mode == R.MASK:
         want *= mask > 0
@@ -122,6 +149,50 @@ def test_op_packs_a_narrow_b_once_when_there_is_room(m, n, k, trans_b):
     np.testing.assert_array_equal(got["roomy"], got["tight"])
     want = np.maximum(a.astype(np.float64) @ (b.T if trans_b else b) + bias, 0)
     assert np.abs(got["roomy"] - want).max() <= 1e-5 * max(1.0, np.abs(want).max()) * max(1.0, np.sqrt(k) / 16)
+
+
+@pytest.mark.parametrize("faster", [True, False])
+def test_op_times_both_ways_of_reading_b_on_its_first_calls_then_keeps_the_faster(monkeypatch, faster):
+    """B_PLANS: the first calls of a shape alternate b packed and in place, timed; then the way with
+    the better best time, the first call of each way not counted, serves every later call untimed.
+    Every call's result is the product. A transposed b is always packed, and never timed."""
+    import types
+
+    from fastfcnn.kernels.config import num_threads
+
+    rng = np.random.default_rng(7)
+    m, n, k = 11, 70, 40
+    a, b = rng.standard_normal((k, m), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+    want = a.T.astype(np.float64) @ b
+    clock = types.SimpleNamespace(now=0.0)
+    ways = []
+    real = matmul._gemm_op
+
+    def timed_kernel(*args):     # the way `faster` takes 1 s a call, the other 2 s; each way's first
+        in_place = args[-1]      # call is slow for `faster` (9 s) and fast for the other (0.1 s)
+        first = in_place not in ways
+        ways.append(in_place)
+        clock.now += (9.0 if first else 1.0) if in_place == faster else (0.1 if first else 2.0)
+        real(*args)
+
+    monkeypatch.setattr(matmul, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    monkeypatch.setattr(matmul, "_gemm_op", timed_kernel)
+    monkeypatch.setattr(matmul, "B_PLANS", {})
+    trials = 2 * (matmul.PLAN_TRIALS + 1)
+    for call in range(trials + 3):
+        out = np.full((m, n), np.nan, np.float32)
+        K.gemm_op(a, True, b, False, out, b[0], out, R.PLAIN, PACK)
+        assert np.abs(out - want).max() <= 1e-5 * np.abs(want).max()
+        assert isinstance(matmul.B_PLANS[((m, n), k, True, num_threads())], bool) == (call >= trials - 1)
+    assert ways == [False, True] * (matmul.PLAN_TRIALS + 1) + [faster] * 3
+    assert matmul.B_PLANS == {((m, n), k, True, num_threads()): faster}
+    assert matmul.b_plans() == [{"out": [m, n], "k": k, "trans_a": True, "threads": num_threads(),
+                                 "in_place": faster}]
+    ways.clear()
+    out = np.full((n, m), np.nan, np.float32)
+    K.gemm_op(b, True, np.ascontiguousarray(a.T), True, out, a[0], out, R.PLAIN, PACK)   # b.T @ a: packed
+    np.testing.assert_allclose(out, want.T, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert ways == [False] and len(matmul.B_PLANS) == 1
 
 
 def test_op_empty_reduction_writes_zeros_plus_bias():
@@ -250,12 +321,18 @@ rng = np.random.default_rng(0)
 pack = M.pack_workspace(M.packed_a_floats(1100, 600))
 for m, n, k, ta, tb, mode in [(1, 1, 3, False, True, M.BIAS_RELU), (7, 17, 9, True, False, M.PLAIN),
                               (13, 33, 300, False, False, M.MASK), (M.OMB + 7, M.ONB + 5, 9, False, True, M.BIAS),
-                              (4 * M.OMB + 9, 4 * M.ONB + 5, 7, True, False, M.PLAIN), (50, 70, 530, False, True, M.BIAS)]:
+                              (4 * M.OMB + 9, 4 * M.ONB + 5, 7, True, False, M.PLAIN), (50, 70, 530, False, True, M.BIAS),
+                              (20, 2 * M.ONB + 5, 300, False, False, M.MASK)]:
     a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
     b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
     bias, mask = rng.standard_normal(n, dtype=np.float32), rng.standard_normal((m, n), dtype=np.float32)
-    got = np.full((m, n), np.nan, np.float32)
-    M.gemm_op(a, ta, b, tb, got, bias, mask, mode, pack)
+    ways = []
+    for in_place in (False, True):                        # b packed, and read in place where it can be
+        M.B_PLANS = {((m, n), k, ta, M.num_threads()): in_place}
+        got = np.full((m, n), np.nan, np.float32)
+        M.gemm_op(a, ta, b, tb, got, bias, mask, mode, pack)
+        ways.append(got)
+    assert np.array_equal(ways[0], ways[1]), (m, n, k)
     want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
     want = want * (mask > 0) if mode == M.MASK else want + bias if mode in (M.BIAS, M.BIAS_RELU) else want
     want = np.maximum(want, 0) if mode == M.BIAS_RELU else want
