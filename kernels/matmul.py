@@ -230,24 +230,56 @@ def _pack_cols(src, panels, r0, r1, k0, kn, kd):
                     p[kd + k, q] = np.float32(0)
 
 
-def check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode):
-    """The reduction length k of gemm_op's product, after checking every argument's shape (the
-    kernels index without bounds checks)."""
-    m, n = out.shape
+# What _op_fault finds wrong with gemm_op's arguments (0: nothing); op_fault_message says it in words.
+BAD_MODE, BAD_ROWS, BAD_SHAPES, SMALL_PACK = 1, 2, 3, 4
+
+
+def check_ranks(name, a, b, out, bias, mask, pack) -> None:
+    """Raise unless the arrays have the ranks (and pack the dtype) gemm_op's kernel is typed for;
+    the kernel checks everything else (_op_fault)."""
     if a.ndim != 2 or b.ndim != 2:
-        raise ValueError("gemm_op: a and b must be matrices")
+        raise ValueError(f"{name}: a and b must be matrices")
+    if out.ndim != 2 or mask.ndim != 2 or bias.ndim != 1:
+        raise ValueError(f"{name}: out and mask must be matrices and bias a vector")
+    if pack.ndim != 1 or pack.dtype != np.float32:
+        raise ValueError(f"{name}: pack must be a flat float32 array (pack_workspace)")
+
+
+@serial_kernel
+def _op_fault(a, trans_a, b, trans_b, out, bias, mask, mode, pack, k_panel, threads):
+    """What is wrong with gemm_op's arguments, checked in the kernel before it touches them (it
+    indexes without bounds checks): BAD_MODE, BAD_ROWS (the packing and the tiles load rows of a
+    and b as vectors), BAD_SHAPES, SMALL_PACK (no room for `threads` rows of per-thread scratch and
+    op(a), (m, k_panel) words, packed whole), or 0. Checked here, it costs nothing; in Python it
+    cost a microsecond or two a call."""
+    m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    if mode not in (PLAIN, BIAS, BIAS_RELU, MASK):
-        raise ValueError(f"gemm_op: unknown mode {mode}")
-    # the packing loads rows of a and b as vectors (kernels/transpose.py)
-    if (a.strides[1] != 4 and a.shape[1] > 1 and a.size) or (b.strides[1] != 4 and b.shape[1] > 1 and b.size):
-        raise ValueError(f"gemm_op: the rows of a and b must be contiguous (strides {a.strides}, {b.strides})")
+    if mode != PLAIN and mode != BIAS and mode != BIAS_RELU and mode != MASK:
+        return BAD_MODE
+    if ((a.strides[1] != 4 and a.shape[1] > 1 and a.size > 0)
+            or (b.strides[1] != 4 and b.shape[1] > 1 and b.size > 0)):
+        return BAD_ROWS
     if (a.shape != ((k, m) if trans_a else (m, k)) or b.shape != ((n, k) if trans_b else (k, n))
             or (mode == MASK and mask.shape != out.shape)
-            or (mode in (BIAS, BIAS_RELU) and bias.shape != (n,))):
-        raise ValueError(f"gemm_op: shapes do not fit: a {a.shape}, trans_a {trans_a}, b {b.shape}, "
-                         f"trans_b {trans_b}, out {out.shape}, bias {bias.shape}, mask {mask.shape}")
-    return k
+            or ((mode == BIAS or mode == BIAS_RELU) and bias.shape[0] != n)):
+        return BAD_SHAPES
+    if pack.size < threads * PACK_FLOATS + (m + OM - 1) // OM * OM * k_panel:
+        return SMALL_PACK
+    return 0
+
+
+def op_fault_message(fault, name, a, trans_a, b, trans_b, out, bias, mask, mode, pack) -> str:
+    """The error for a fault _op_fault found, with the shapes it was found in."""
+    if fault == BAD_MODE:
+        return f"{name}: unknown mode {mode}"
+    if fault == BAD_ROWS:
+        return f"{name}: the rows of a and b must be contiguous (strides {a.strides}, {b.strides})"
+    if fault == BAD_SHAPES:
+        return (f"{name}: shapes do not fit: a {a.shape}, trans_a {trans_a}, b {b.shape}, trans_b {trans_b}, "
+                f"out {out.shape}, bias {bias.shape}, mask {mask.shape}")
+    k = a.shape[0] if trans_a else a.shape[1]
+    return (f"{name}: pack ({pack.size} floats) is too small for a {out.shape[0]}x{k} op(a) on "
+            f"{num_threads()} threads: make it with pack_workspace")
 
 
 def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
@@ -264,26 +296,30 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     depend on the thread count. A (K, N) b is read packed or in place, whichever the first calls
     of the shape measured faster (B_PLANS); the bits are the same either way.
 
-    Checks its arguments in Python first: the kernel indexes without bounds checks. Everything
-    else (blocks, workspace views) is worked out inside the kernel, where it costs nothing next
-    to the microseconds of Python a small product would otherwise pay on every call.
+    The kernel indexes without bounds checks, so it checks its arguments before it touches them
+    (_op_fault; the ranks, which its types fix, are checked here). That, and everything else
+    (blocks, workspace views) is worked out inside the kernel, where it costs nothing next to the
+    microseconds of Python a small product would otherwise pay on every call.
     """
-    k = check_op_args(a, trans_a, b, trans_b, out, bias, mask, mode)
-    check_pack(pack, out.shape[0], k, "gemm_op")
+    check_ranks("gemm_op", a, b, out, bias, mask, pack)
     threads, rows = num_threads(), min_block_rows(out.shape[1])
     if trans_b:
-        _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, rows, threads, False)
-        return
-    key = (out.shape, k, trans_a, threads)
-    plan = B_PLANS.get(key)
+        plan = False
+    else:
+        key = (out.shape, a.shape[0] if trans_a else a.shape[1], trans_a, threads)
+        plan = B_PLANS.get(key)
     if plan.__class__ is bool:
-        _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, rows, threads, plan)
+        fault = _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, rows, threads, plan)
+        if fault:
+            raise ValueError(op_fault_message(fault, "gemm_op", a, trans_a, b, trans_b, out, bias, mask, mode, pack))
         return
     if plan is None:
         plan = B_PLANS[key] = ([], [])           # the times of the calls packed, in place
     in_place = len(plan[0]) > len(plan[1])       # alternate, starting packed
     start = time.perf_counter()
-    _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, rows, threads, in_place)
+    fault = _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, rows, threads, in_place)
+    if fault:
+        raise ValueError(op_fault_message(fault, "gemm_op", a, trans_a, b, trans_b, out, bias, mask, mode, pack))
     plan[in_place].append(time.perf_counter() - start)
     if len(plan[1]) > PLAN_TRIALS:
         B_PLANS[key] = min(plan[1][1:]) < min(plan[0][1:])
@@ -312,21 +348,9 @@ def b_plans() -> list:
             for (out, k, trans_a, threads), plan in B_PLANS.items() if plan.__class__ is bool]
 
 
-# Rows of per-thread scratch pack_workspace allocates: one per thread Numba can run, which is at
-# least as many as any call uses (numba.get_num_threads()).
-THREAD_ROWS = numba.config.NUMBA_NUM_THREADS
-
-
-def check_pack(pack, m: int, k_panel: int, name: str) -> None:
-    """Raise unless pack is a workspace with room for op(a), (m, k_panel) words, packed whole."""
-    words = (m + OM - 1) // OM * OM * k_panel
-    if pack.ndim != 1 or pack.dtype != np.float32 or pack.size < THREAD_ROWS * PACK_FLOATS + words:
-        raise ValueError(f"{name}: pack is smaller than pack_workspace({words}) for a {m}x{k_panel} op(a)")
-
-
 @serial_kernel
 def split_pack(pack, m, n, k_panel, mb, threads):
-    """gemm_op's workspace (pack_workspace, checked by check_pack) cut into its per-thread rows
+    """gemm_op's workspace (pack_workspace, checked by _op_fault) cut into its per-thread rows
     (threads, PACK_FLOATS), the panels of op(a), (m, k) packed as (ceil(m/OM), k_panel, OM) words
     (k_panel: k, or the pairs of k of the bf16 products), and the panels of a shared op(b),
     (ceil(k_panel/OKC), ceil(n/ON), OKC, ON) words.
@@ -484,6 +508,10 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
     block of panels per k block, or empty (split_pack says when). threads: numba.get_num_threads(),
     from the caller (called outside a prange, it would make the kernel uncacheable). b_in_place: read
     a (K, N) b in place rather than packed (same bits either way; see B_PLANS)."""
+    fault = _op_fault(a, trans_a, b, trans_b, out, bias, mask, mode, pack,
+                      _k_panel(a.shape[0] if trans_a else a.shape[1]), threads)
+    if fault:
+        return fault
     m, n = out.shape
     mb = _row_blocks(m, n, threads, min_rows)
     rows, pa_floats, pbs_floats = split_pack(pack, m, n, _k_panel(a.shape[0] if trans_a else a.shape[1]), mb,
@@ -575,6 +603,7 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
                     if it == n_i:
                         it, jt = 0, jt + 1
         _epilogue(out, i0, i1, j0, j1, bias, mask, mode)
+    return 0
 
 
 @serial_kernel

@@ -236,30 +236,47 @@ def test_the_layers_see_every_thread_count_numba_is_set_to():
         numba.set_num_threads(max_threads())
 
 
-def test_op_rejects_what_its_unchecked_kernel_would_read_or_write_out_of_bounds():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_op_rejects_what_its_unchecked_kernel_would_read_or_write_out_of_bounds(bf16):
+    """The kernel checks its arguments before it touches them (the ranks are checked in Python):
+    every fault is one ValueError naming the function and what is wrong, and out is left as it was."""
+    from fastfcnn.kernels import bf16 as B
+    from fastfcnn.kernels.config import num_threads
+
+    if bf16 and not B.AVAILABLE:
+        pytest.skip("needs AVX512_BF16")
+    gemm, name = (B.gemm_op_bf16, "gemm_op_bf16") if bf16 else (K.gemm_op, "gemm_op")
     a = np.ones((4, 5), np.float32)
     out = np.zeros((5, 6), np.float32)
     b = np.ones((4, 6), np.float32)
     bias = np.ones(6, np.float32)
-    K.gemm_op(a, True, b, False, out, bias, out, R.BIAS, PACK)
+    gemm(a, True, b, False, out, bias, out, R.BIAS, PACK)
     assert (out == 5).all()
+    small = "is too small for a 5x4 op"
     bad = [
-        (a, True, b, False, out, bias, out, R.PLAIN, PACK[: matmul.PACK_FLOATS]),        # no room for 2 threads' panels
-        (a, True, b, False, out, bias, out, R.PLAIN, K.pack_workspace()),                 # no room for op(a)
-        (a, True, b, False, out, bias, out, R.PLAIN, PACK[:, None]),                      # not flat
-        (a, True, b, False, out, bias, out, 7, PACK),                                       # no such mode
-        (a, False, b, False, out, bias, out, R.PLAIN, PACK),                                # a is (K,M), not (M,K)
-        (a, True, b, True, out, bias, out, R.PLAIN, PACK),                                  # b is (K,N), not (N,K)
-        (a, True, b[:, :5], False, out, bias, out, R.PLAIN, PACK),                          # b too narrow
-        (a, True, b, False, out, bias, out[:4], R.MASK, PACK),                              # mask too short
-        (a, True, b, False, out, bias[:5], out, R.BIAS_RELU, PACK),                         # bias too short
-        (a[0], True, b, False, out, bias, out, R.PLAIN, PACK),                              # a not a matrix
-        (np.asfortranarray(a), True, b, False, out, bias, out, R.PLAIN, PACK),             # rows of a strided
-        (a, True, np.ones((6, 4), np.float32).T, False, out, bias, out, R.PLAIN, PACK),      # rows of b strided
+        ((a, True, b, False, out, bias, out, R.PLAIN, PACK[: matmul.PACK_FLOATS]), small),   # no room for op(a)
+        ((a, True, b, False, out, bias, out, R.PLAIN, K.pack_workspace()), small),
+        ((a, True, b, False, out, bias, out, R.PLAIN, PACK[:, None]), "must be a flat float32"),
+        ((a, True, b, False, out, bias, out, R.PLAIN, PACK.astype(np.float64)), "must be a flat float32"),
+        ((a, True, b, False, out, bias, out, 7, PACK), "unknown mode 7"),
+        ((a, False, b, False, out, bias, out, R.PLAIN, PACK), "shapes do not fit"),           # a is (K,M), not (M,K)
+        ((a, True, b, True, out, bias, out, R.PLAIN, PACK), "shapes do not fit"),             # b is (K,N), not (N,K)
+        ((a, True, b[:, :5], False, out, bias, out, R.PLAIN, PACK), "shapes do not fit"),     # b too narrow
+        ((a, True, b, False, out, bias, out[:4], R.MASK, PACK), "shapes do not fit"),         # mask too short
+        ((a, True, b, False, out, bias[:5], out, R.BIAS_RELU, PACK), "shapes do not fit"),    # bias too short
+        ((a[0], True, b, False, out, bias, out, R.PLAIN, PACK), "a and b must be matrices"),
+        ((a, True, b, False, out, bias[None], out, R.BIAS, PACK), "bias a vector"),
+        ((np.asfortranarray(a), True, b, False, out, bias, out, R.PLAIN, PACK), "rows of a and b must be contiguous"),
+        ((a, True, np.ones((6, 4), np.float32).T, False, out, bias, out, R.PLAIN, PACK), "must be contiguous"),
     ]
-    for args in bad:
-        with pytest.raises(ValueError, match="gemm_op"):
-            K.gemm_op(*args)
+    if num_threads() > 1:           # room for op(a) and one thread's scratch, not for every thread's
+        bad.append(((a, True, b, False, out, bias, out, R.PLAIN,
+                     K.pack_workspace(matmul.packed_a_floats(5, 4))[matmul.PACK_FLOATS:]), small))
+    out.fill(-1)
+    for args, what in bad:
+        with pytest.raises(ValueError, match=f"^{name}: .*{what}"):
+            gemm(*args)
+    assert (out == -1).all()
 
 
 def test_wide_vectors_only_where_the_cpu_has_avx512():
