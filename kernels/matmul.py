@@ -250,8 +250,8 @@ def _op_fault(a, trans_a, b, trans_b, out, bias, mask, mode, pack, k_panel, thre
     """What is wrong with gemm_op's arguments, checked in the kernel before it touches them (it
     indexes without bounds checks): BAD_MODE, BAD_ROWS (the packing and the tiles load rows of a
     and b as vectors), BAD_SHAPES, SMALL_PACK (no room for `threads` rows of per-thread scratch and
-    op(a), (m, k_panel) words, packed whole), or 0. Checked here, it costs nothing; in Python it
-    cost a microsecond or two a call."""
+    op(a), (m, k_panel) words, packed whole), or 0. Here the checks cost nothing; in Python they
+    would add a microsecond or two to every call."""
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     if mode != PLAIN and mode != BIAS and mode != BIAS_RELU and mode != MASK:

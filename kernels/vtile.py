@@ -2,10 +2,11 @@
 
 A tile computes out[i:i+OM, j:j+ON] (+)= pa[:kn].T @ pb[:kn] from panels pa (KC, OM) and
 pb (KC, ON), packed, or strided views of the operands read in place (OM rows of the left one, ON
-columns of the right one: kernels/matmul._reads_a, _reads_b): per step of k, ON/lanes vector loads of pb, OM broadcasts of one element
-of pa, and OM x ON/lanes multiply-adds into accumulators that stay in vector registers. Numba has
-no vector types, so the tiles are intrinsics that emit the vector IR themselves; register allocation
-is then not left to LLVM's SLP vectoriser, which reached about 60 % of this rate with AVX2. Two kinds:
+columns of the right one: kernels/matmul._reads_a, _reads_b): per step of k, ON/lanes vector loads
+of pb, OM broadcasts of one element of pa, and OM x ON/lanes multiply-adds into accumulators that
+stay in vector registers. Numba has no vector types, so the tiles are intrinsics that emit the
+vector IR themselves; register allocation is then not left to LLVM's SLP vectoriser, which reached
+about 60 % of this rate with AVX2. Two kinds:
 
 - float32 FMA (`fma_tile`): 8x32 for AVX-512 (16 zmm accumulators of the 32 registers) and 6x16
   for AVX2 (12 ymm accumulators, two loads and a broadcast: 15 of the 16 registers; an 8x32 tile
