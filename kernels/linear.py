@@ -5,7 +5,7 @@ Weights are stored (out, in), like PyTorch. The backward products are gemm_op ou
 The forward product (out = x @ w.T) takes gemm_op too (matmul.op_suits) when its output has a
 256-column block for every thread, or is one block of columns at least a register tile wide
 with an input past L2 (the seed net's first layer: the threads share the rows and one packing
-of w) or 128 rows for every thread (its second layer, on one thread); the others (a 10-class
+of w) or 64 rows for every thread (its second layer, on one or two threads); the others (a 10-class
 output layer, small batches, or 16 threads sharing 1024 units) take gemm_nt, whose 32x48 blocks
 keep every thread busy and need no packing.
 """

@@ -402,10 +402,11 @@ def _row_blocks(m, n, threads, min_rows=OMB):
 # that no longer stays in L2, and packing both operands once pays: the seed net's first layer
 # (128 x 3072) is past it, its 64 x 64 layer and any batch of one far below.
 NARROW_OP_FLOATS = 1 << 18
-# Below that, gemm_op still wins from this many output rows per thread (its packing is then a small
-# part of each thread's work, and it has no horizontal sums): a 128 x 64 by 64 product on one
-# thread, 256 x 64 by 64 on two. With fewer, gemm_nt's 32 x 48 blocks keep the threads busier.
-NARROW_OP_ROWS = 128
+# Below that, gemm_op still wins from this many output rows per thread (it reads such an input in
+# place, packs only the weights, and has no horizontal sums): a 64 x 64 by 64 product on one
+# thread, 128 x 64 by 64 on two (the seed net's second layer). With fewer, gemm_nt's 32 x 48 blocks
+# keep the threads busier.
+NARROW_OP_ROWS = 64
 
 
 def op_suits(m: int, n: int, k: int, threads: int) -> bool:

@@ -316,10 +316,11 @@ def test_forward_products_pick_packed_panels_unless_the_output_is_narrower_than_
     assert matmul.op_suits(128, 64, 3072, 1) and matmul.op_suits(128, 64, 3072, 16)
     assert matmul.min_block_rows(64) == matmul.OM and matmul.min_block_rows(1024) == matmul.OMB
     assert not matmul.op_suits(1, 64, 3072, 1)            # a batch of one: nothing to share the packing
-    # the seed net's second layer (128 x 64 in, 64 out): its input fits L2, and 128 rows are enough
-    # for one thread, not for two
-    assert matmul.op_suits(128, 64, 64, 1) and not matmul.op_suits(128, 64, 64, 2)
-    assert not matmul.op_suits(64, 64, 64, 1) and matmul.op_suits(256, 64, 64, 2)
+    # the seed net's second layer (128 x 64 in, 64 out): its input fits L2, and 64 rows a thread are
+    # enough, 32 are not
+    assert matmul.op_suits(128, 64, 64, 1) and matmul.op_suits(128, 64, 64, 2)
+    assert not matmul.op_suits(128, 64, 64, 4) and matmul.op_suits(64, 64, 64, 1)
+    assert not matmul.op_suits(63, 64, 64, 1) and not matmul.op_suits(64, 64, 64, 2)
     assert not matmul.op_suits(256, 10, 3072, 1)          # a 10-class output
 
 
