@@ -27,7 +27,7 @@ from numba.extending import intrinsic
 from . import matmul
 from .config import kernel, num_threads, serial_kernel, variant
 from .linear import bias_grad, normalise
-from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PLAIN, check_ranks, op_fault_message
+from .matmul import BIAS, BIAS_RELU, MASK, OM, ON, PLAIN, check_layout, op_fault_message
 from .prefetch import prefetch
 from .transpose import BFloat, block_t8_bf16, block_t16_bf16, pair_rows8_bf16, pair_rows16_bf16
 from .vtile import register_tile, splat
@@ -213,7 +213,7 @@ _gemm_op = kernel(variant(matmul._gemm_op.py_func, "_gemm_op_bf16", _pack_a=_pac
 def gemm_op_bf16(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     """out = epilogue(bf16(op(a)) @ bf16(op(b))), summed in float32: matmul.gemm_op's arguments,
     shapes, modes and workspace (matmul.pack_workspace; pairs along k need no more than gemm_op)."""
-    check_ranks("gemm_op_bf16", a, b, out, bias, mask, pack)
+    check_layout("gemm_op_bf16", a, b, out, bias, mask, pack)
     fault = _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, OM, num_threads(), False)
     if fault:
         raise ValueError(op_fault_message(fault, "gemm_op_bf16", a, trans_a, b, trans_b, out, bias, mask, mode, pack))

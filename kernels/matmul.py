@@ -231,34 +231,35 @@ def _pack_cols(src, panels, r0, r1, k0, kn, kd):
 
 
 # What _op_fault finds wrong with gemm_op's arguments (0: nothing); op_fault_message says it in words.
-BAD_MODE, BAD_ROWS, BAD_SHAPES, SMALL_PACK = 1, 2, 3, 4
+BAD_MODE, BAD_SHAPES, SMALL_PACK = 1, 2, 3
 
 
-def check_ranks(name, a, b, out, bias, mask, pack) -> None:
-    """Raise unless the arrays have the ranks (and pack the dtype) gemm_op's kernel is typed for;
-    the kernel checks everything else (_op_fault)."""
+def check_layout(name, a, b, out, bias, mask, pack) -> None:
+    """Raise unless the arrays have the ranks (and pack the dtype) gemm_op's kernel is typed for,
+    and a and b contiguous rows (the packing and the tiles load them as vectors). These are checked
+    here, before the call: an array the kernel has not seen the layout of would otherwise be
+    compiled for (tens of seconds) only to be refused. The kernel checks the rest (_op_fault)."""
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"{name}: a and b must be matrices")
     if out.ndim != 2 or mask.ndim != 2 or bias.ndim != 1:
         raise ValueError(f"{name}: out and mask must be matrices and bias a vector")
     if pack.ndim != 1 or pack.dtype != np.float32:
         raise ValueError(f"{name}: pack must be a flat float32 array (pack_workspace)")
+    if (a.strides[1] != 4 and a.shape[1] > 1 and a.size) or (b.strides[1] != 4 and b.shape[1] > 1 and b.size):
+        raise ValueError(f"{name}: the rows of a and b must be contiguous (strides {a.strides}, {b.strides})")
 
 
 @serial_kernel
 def _op_fault(a, trans_a, b, trans_b, out, bias, mask, mode, pack, k_panel, threads):
     """What is wrong with gemm_op's arguments, checked in the kernel before it touches them (it
-    indexes without bounds checks): BAD_MODE, BAD_ROWS (the packing and the tiles load rows of a
-    and b as vectors), BAD_SHAPES, SMALL_PACK (no room for `threads` rows of per-thread scratch and
-    op(a), (m, k_panel) words, packed whole), or 0. Here the checks cost nothing; in Python they
-    would add a microsecond or two to every call."""
+    indexes without bounds checks; check_layout has checked the layouts): BAD_MODE, BAD_SHAPES,
+    SMALL_PACK (no room for `threads` rows of per-thread scratch and op(a), (m, k_panel) words,
+    packed whole), or 0. Here the checks cost nothing; in Python they would add about a
+    microsecond to every call."""
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     if mode != PLAIN and mode != BIAS and mode != BIAS_RELU and mode != MASK:
         return BAD_MODE
-    if ((a.strides[1] != 4 and a.shape[1] > 1 and a.size > 0)
-            or (b.strides[1] != 4 and b.shape[1] > 1 and b.size > 0)):
-        return BAD_ROWS
     if (a.shape != ((k, m) if trans_a else (m, k)) or b.shape != ((n, k) if trans_b else (k, n))
             or (mode == MASK and mask.shape != out.shape)
             or ((mode == BIAS or mode == BIAS_RELU) and bias.shape[0] != n)):
@@ -272,8 +273,6 @@ def op_fault_message(fault, name, a, trans_a, b, trans_b, out, bias, mask, mode,
     """The error for a fault _op_fault found, with the shapes it was found in."""
     if fault == BAD_MODE:
         return f"{name}: unknown mode {mode}"
-    if fault == BAD_ROWS:
-        return f"{name}: the rows of a and b must be contiguous (strides {a.strides}, {b.strides})"
     if fault == BAD_SHAPES:
         return (f"{name}: shapes do not fit: a {a.shape}, trans_a {trans_a}, b {b.shape}, trans_b {trans_b}, "
                 f"out {out.shape}, bias {bias.shape}, mask {mask.shape}")
@@ -297,11 +296,11 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     of the shape measured faster (B_PLANS); the bits are the same either way.
 
     The kernel indexes without bounds checks, so it checks its arguments before it touches them
-    (_op_fault; the ranks, which its types fix, are checked here). That, and everything else
+    (_op_fault; the layouts, which its types fix, are checked here). That, and everything else
     (blocks, workspace views) is worked out inside the kernel, where it costs nothing next to the
     microseconds of Python a small product would otherwise pay on every call.
     """
-    check_ranks("gemm_op", a, b, out, bias, mask, pack)
+    check_layout("gemm_op", a, b, out, bias, mask, pack)
     threads, rows = num_threads(), min_block_rows(out.shape[1])
     if trans_b:
         plan = False

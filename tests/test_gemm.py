@@ -238,8 +238,9 @@ def test_the_layers_see_every_thread_count_numba_is_set_to():
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_op_rejects_what_its_unchecked_kernel_would_read_or_write_out_of_bounds(bf16):
-    """The kernel checks its arguments before it touches them (the ranks are checked in Python):
-    every fault is one ValueError naming the function and what is wrong, and out is left as it was."""
+    """The kernel checks its arguments before it touches them (the layouts its types fix are checked
+    in Python, before any compiling): every fault is one ValueError naming the function and what is
+    wrong, and out is left as it was."""
     from fastfcnn.kernels import bf16 as B
     from fastfcnn.kernels.config import num_threads
 
@@ -261,7 +262,7 @@ def test_op_rejects_what_its_unchecked_kernel_would_read_or_write_out_of_bounds(
         ((a, True, b, False, out, bias, out, 7, PACK), "unknown mode 7"),
         ((a, False, b, False, out, bias, out, R.PLAIN, PACK), "shapes do not fit"),           # a is (K,M), not (M,K)
         ((a, True, b, True, out, bias, out, R.PLAIN, PACK), "shapes do not fit"),             # b is (K,N), not (N,K)
-        ((a, True, b[:, :5], False, out, bias, out, R.PLAIN, PACK), "shapes do not fit"),     # b too narrow
+        ((a, True, b[:, :5].copy(), False, out, bias, out, R.PLAIN, PACK), "shapes do not fit"),   # b too narrow
         ((a, True, b, False, out, bias, out[:4], R.MASK, PACK), "shapes do not fit"),         # mask too short
         ((a, True, b, False, out, bias[:5], out, R.BIAS_RELU, PACK), "shapes do not fit"),    # bias too short
         ((a[0], True, b, False, out, bias, out, R.PLAIN, PACK), "a and b must be matrices"),
