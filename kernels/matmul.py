@@ -301,27 +301,24 @@ def gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack):
     microseconds of Python a small product would otherwise pay on every call.
     """
     check_layout("gemm_op", a, b, out, bias, mask, pack)
-    threads, rows = num_threads(), min_block_rows(out.shape[1])
-    if trans_b:
-        plan = False
-    else:
+    threads = num_threads()
+    plan = False                                 # a transposed b is always packed
+    if not trans_b:
         key = (out.shape, a.shape[0] if trans_a else a.shape[1], trans_a, threads)
         plan = B_PLANS.get(key)
-    if plan.__class__ is bool:
-        fault = _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, rows, threads, plan)
-        if fault:
-            raise ValueError(op_fault_message(fault, "gemm_op", a, trans_a, b, trans_b, out, bias, mask, mode, pack))
-        return
-    if plan is None:
-        plan = B_PLANS[key] = ([], [])           # the times of the calls packed, in place
-    in_place = len(plan[0]) > len(plan[1])       # alternate, starting packed
+        if plan is None:
+            plan = B_PLANS[key] = ([], [])       # the times of the calls packed, in place
+    trial = plan.__class__ is not bool
+    in_place = len(plan[0]) > len(plan[1]) if trial else plan     # trials alternate, starting packed
     start = time.perf_counter()
-    fault = _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, rows, threads, in_place)
+    fault = _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_block_rows(out.shape[1]), threads,
+                     in_place)
     if fault:
         raise ValueError(op_fault_message(fault, "gemm_op", a, trans_a, b, trans_b, out, bias, mask, mode, pack))
-    plan[in_place].append(time.perf_counter() - start)
-    if len(plan[1]) > PLAN_TRIALS:
-        B_PLANS[key] = min(plan[1][1:]) < min(plan[0][1:])
+    if trial:
+        plan[in_place].append(time.perf_counter() - start)
+        if len(plan[1]) > PLAN_TRIALS:
+            B_PLANS[key] = min(plan[1][1:]) < min(plan[0][1:])
 
 
 # How gemm_op reads a (K, N) right operand (the backward products: dw = dy.T @ x, dx = dy @ w):
@@ -508,14 +505,13 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
     block of panels per k block, or empty (split_pack says when). threads: numba.get_num_threads(),
     from the caller (called outside a prange, it would make the kernel uncacheable). b_in_place: read
     a (K, N) b in place rather than packed (same bits either way; see B_PLANS)."""
-    fault = _op_fault(a, trans_a, b, trans_b, out, bias, mask, mode, pack,
-                      _k_panel(a.shape[0] if trans_a else a.shape[1]), threads)
+    k_panel = _k_panel(a.shape[0] if trans_a else a.shape[1])
+    fault = _op_fault(a, trans_a, b, trans_b, out, bias, mask, mode, pack, k_panel, threads)
     if fault:
         return fault
     m, n = out.shape
     mb = _row_blocks(m, n, threads, min_rows)
-    rows, pa_floats, pbs_floats = split_pack(pack, m, n, _k_panel(a.shape[0] if trans_a else a.shape[1]), mb,
-                                             threads)
+    rows, pa_floats, pbs_floats = split_pack(pack, m, n, k_panel, mb, threads)
     packb, pa, pbs = _words(rows), _words(pa_floats), _words(pbs_floats)
     kk = pa.shape[1]
     in_place = _reads_a(trans_a, n)
