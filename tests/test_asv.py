@@ -27,7 +27,7 @@ def asv(tmp_path, benchmark_dir, *args, quick_data=True):
     if quick_data:
         env["FASTFCNN_BENCH_QUICK"] = "1"
     cmd = [sys.executable, "-m", "asv", "--config", str(tmp_path / "asv.conf.json"), *args]
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
 def machine(tmp_path):

@@ -21,6 +21,7 @@ class Phase:
     """Time of one phase of a full-batch step (all layers of it), threads pinned (see __init__)."""
     params = [NETS, KERNEL_ENGINES, PHASES]
     param_names = ["net", "engine", "phase"]
+    timeout = 300  # setup compiles the kernels when the JIT cache is cold: the bf16 ones take about a minute
 
     def setup(self, net, engine, phase):
         self.run = grouped_phases(net, engine)[phase][0]
@@ -35,6 +36,7 @@ class MatmulThroughput:
     params = [NETS, KERNEL_ENGINES + ["sgemm"]]
     param_names = ["net", "engine"]
     unit = "GFLOP/s"
+    timeout = 300  # as Phase's
 
     def setup(self, net, engine):
         if engine == "sgemm":
