@@ -2,7 +2,6 @@
 one training step as separately timeable callables."""
 import numpy as np
 
-from fastfcnn import network
 from fastfcnn.config import TrainConfig
 from fastfcnn.data import Dataset
 from fastfcnn.train import Trainer
@@ -54,43 +53,30 @@ def layer_shapes(trainer: Trainer) -> list:
     return [(b, i, o) for i, o in zip(sizes[:-1], sizes[1:])]
 
 
-def step_phases(trainer: Trainer, split_input: bool = False) -> dict:
+def step_phases(trainer: Trainer) -> dict:
     """name -> (callable running that part of one full-batch step, FLOPs it performs).
 
     The callables run on the trainer's own workspace, on a fixed batch, in the order a step runs
-    them, so each one sees realistic inputs (call them in dict order once before timing).
-    split_input: the first layer's input normalisation is a phase of its own ("normalise", no
-    FLOPs) rather than part of forward[0], so the phases with FLOPs are the layers' products
-    alone (`fastfcnn bench`; the asv suite keeps forward[0] whole, as its history has it).
+    them, so each one sees realistic inputs (call them in dict order once before timing). As in
+    Trainer.step, "gather" brings the batch in normalised (gather_normalise), so the phases with
+    FLOPs are the layers' products alone. For the bench nets: no augmentation, no whitening.
     """
     E, m, v = trainer.E, trainer.model, trainer.ws.rows(trainer.ws.capacity)
+    if trainer.augment or m.whiten is not None:
+        raise ValueError("step_phases times a step without augmentation or whitening (the bench nets)")
     idx = trainer.train_idx[: v.n].copy()
     gw, gb = trainer.grads_w, trainer.grads_b
     last = len(m.weights) - 1
     phases = {}
 
     def gather():
-        E.gather_batch(trainer.data.x_train, idx, v.xb)
+        E.gather_normalise(trainer.data.x_train, idx, *trainer.x_norm, v.x_in)
         np.take(trainer.data.y_train, idx, out=v.labels)
     phases["gather"] = (gather, 0)
 
-    mean, inv_std = trainer.x_norm
-    split_input = split_input and m.whiten is None     # a whitened net's first product is the map's
-    if split_input:
-        def norm():
-            E.normalise(v.xb, mean, inv_std, v.acts[0])
-        phases["normalise"] = (norm, 0)
     for l, (b, fan_in, fan_out) in enumerate(layer_shapes(trainer)):
-        if l == 0 and split_input:
-            def fwd():
-                E.linear_forward(v.acts[0], m.weights[0], m.biases[0], last > 0, v.acts[1], v.ws.pack)
-        elif l == 0:
-            def fwd():
-                E.input_linear_forward(v.xb, mean, inv_std, m.weights[0], m.biases[0], last > 0,
-                                       v.acts[0], v.acts[1], v.ws.pack)
-        else:
-            def fwd(l=l):
-                E.linear_forward(v.acts[l], m.weights[l], m.biases[l], l < last, v.acts[l + 1], v.ws.pack)
+        def fwd(l=l):
+            E.linear_forward(v.acts[l], m.weights[l], m.biases[l], l < last, v.acts[l + 1], v.ws.pack)
         phases[f"forward[{l}] {fan_in}x{fan_out}"] = (fwd, 2 * b * fan_in * fan_out)
 
     def loss_grad():

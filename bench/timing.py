@@ -154,7 +154,7 @@ def bench_net(net: str, data, engines, repeats: int, quick: bool, counts, log, p
     phase_sets, before = {}, {}
     for n in counts:
         for e, t in trainers.items():
-            phase_sets[label(n, e)] = common.step_phases(t, split_input=True)
+            phase_sets[label(n, e)] = common.step_phases(t)
             before[label(n, e)] = switch[n]
         phase_sets[label(n, "sgemm")] = common.sgemm_phases(any_trainer)
         before[label(n, "sgemm")] = switch[n]

@@ -96,6 +96,8 @@ class Views:
         self.drop_u = [None if u is None else u[: n * s].reshape(n, s) for u, s in zip(ws._drop_u, sizes)]
         self.acts = [a[: n * s].reshape(n, s) for a, s in zip(ws._acts, sizes)]
         self.deltas = [d[: n * s].reshape(n, s) for d, s in zip(ws._deltas, sizes)]
+        # the normalised batch: the whitening map's input, else the first trainable layer's
+        self.x_in = self.acts[0] if self.xn is None else self.xn
         self.labels = ws._labels[:n]
         self.row_loss = ws._row_loss[:n]
         self.ws = ws
@@ -108,9 +110,10 @@ def workspace_for(E, model, capacity: int, dropout: bool = False) -> Workspace:
     return Workspace(E, model.sizes, capacity, raw_inputs=raw, dropout=dropout, x_dtype=x_dtype)
 
 
-def forward(E, model, x_norm, v: Views, dropout: float = 0.0) -> np.ndarray:
+def forward(E, model, x_norm, v: Views, dropout: float = 0.0, normalised: bool = False) -> np.ndarray:
     """Logits (n, classes) for the batch in v.xb (uint8 images or float32 features);
-    x_norm = model.input_transform().
+    x_norm = model.input_transform(). normalised: the batch is already normalised in v.x_in
+    (E.gather_normalise), and v.xb is not read.
 
     With a whitening map P the images are normalised into v.xn and acts[0] = v.xn @ P.T + c is
     the first trainable layer's input (P is fixed: backward never reaches it). With dropout > 0
@@ -118,12 +121,15 @@ def forward(E, model, x_norm, v: Views, dropout: float = 0.0) -> np.ndarray:
     """
     mean, inv_std = x_norm
     last = len(model.weights) - 1
-    if model.whiten is None:
-        E.input_linear_forward(v.xb, mean, inv_std, model.weights[0], model.biases[0], last > 0,
-                               v.acts[0], v.acts[1], v.ws.pack)
+    if model.whiten is None:       # the first product: of the first layer, or of the whitening map
+        w, b, relu, out = model.weights[0], model.biases[0], last > 0, v.acts[1]
     else:
-        E.input_linear_forward(v.xb, mean, inv_std, model.whiten, model.whiten_bias, False, v.xn, v.acts[0],
-                               v.ws.pack)
+        w, b, relu, out = model.whiten, model.whiten_bias, False, v.acts[0]
+    if normalised:
+        E.linear_forward(v.x_in, w, b, relu, out, v.ws.pack)
+    else:
+        E.input_linear_forward(v.xb, mean, inv_std, w, b, relu, v.x_in, out, v.ws.pack)
+    if model.whiten is not None:
         E.linear_forward(v.acts[0], model.weights[0], model.biases[0], last > 0, v.acts[1], v.ws.pack)
     for l in range(1, last + 1):
         if dropout > 0:
@@ -169,8 +175,8 @@ def batches(E, model, x, idx=None, batch: int = 256, flip_tta: bool = False):
     for s in range(0, n, ws.capacity):
         v = ws.rows(min(ws.capacity, n - s))
         ids = idx[s : s + v.n]
-        E.gather_batch(x, ids, v.xb)
-        logits = forward(E, model, x_norm, v)
+        E.gather_normalise(x, ids, *x_norm, v.x_in)
+        logits = forward(E, model, x_norm, v, normalised=True)
         if flip_tta:
             np.copyto(first_view[: v.n], logits)
             E.gather_augment(x, ids, no_shift[: v.n], no_shift[: v.n], mirror[: v.n], E.PAD_ZERO,

@@ -92,6 +92,10 @@ def gather_batch(x, idx, out):
     np.take(x, idx, axis=0, out=out)
 
 
+def gather_normalise(x, idx, mean, inv_std, out):
+    normalise(x[idx], mean, inv_std, out)
+
+
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step):
     f = np.float32
     if decoupled:

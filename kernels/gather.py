@@ -21,17 +21,34 @@ def _prefetch_span(x, row, c0, c1):
         prefetch(x, row, c)
 
 
+@serial_kernel
+def _prefetch_ahead(x, idx, i):
+    """Prefetch the row of x that task i + AHEAD of a gather over idx will read, if there is one."""
+    if i + AHEAD < idx.shape[0]:
+        _prefetch_span(x, idx[i + AHEAD], 0, x.shape[1])
+
+
 @kernel
 def gather_batch(x, idx, out):
     """out (B,D) = x[idx]; x (N,D) uint8 or float32, idx (B,) int64, out (B,D) of x's dtype."""
-    d = x.shape[1]
-    n = idx.shape[0]
-    for i in prange(n):
-        if i + AHEAD < n:
-            _prefetch_span(x, idx[i + AHEAD], 0, d)
+    for i in prange(idx.shape[0]):
+        _prefetch_ahead(x, idx, i)
         src, dst = x[idx[i]], out[i]
-        for k in range(d):
+        for k in range(x.shape[1]):
             dst[k] = src[k]
+
+
+@kernel
+def gather_normalise(x, idx, mean, inv_std, out):
+    """out (B,D) float32 = (x[idx] - mean) * inv_std, per feature: gather_batch and
+    linear.normalise in one pass, for a batch that is not augmented. x (N,D) uint8 or float32,
+    idx (B,) int64, mean and inv_std (D,) float32. The rows go from the dataset straight into the
+    first layer's input: the raw batch is never written (a pass over it each way saved)."""
+    for i in prange(idx.shape[0]):
+        _prefetch_ahead(x, idx, i)
+        src, dst = x[idx[i]], out[i]
+        for k in range(x.shape[1]):
+            dst[k] = (np.float32(src[k]) - mean[k]) * inv_std[k]
 
 
 # How gather_augment fills the pixels a shift moves in from outside the image.

@@ -70,6 +70,25 @@ def test_normalise(batch, d, dtype):
     np.testing.assert_allclose(k, (xb.astype(np.float64) - mean) * inv_std, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch,d", [(1, 1), (7, 33), (129, 3072)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_gather_normalise_is_gather_then_normalise(batch, d, dtype):
+    """The fused kernel gives the bits of gather_batch followed by normalise, rows repeated or not."""
+    rng = np.random.default_rng(batch + d)
+    x = rng.integers(0, 256, (300, d)).astype(dtype)
+    idx = rng.integers(0, 300, batch).astype(np.int64)
+    idx[-1] = idx[0]
+    mean = rng.uniform(50, 200, d).astype(np.float32)
+    inv_std = (1 / rng.uniform(30, 80, d)).astype(np.float32)
+    two_pass = np.full((batch, d), np.nan, np.float32)
+    K.normalise(x[idx], mean, inv_std, two_pass)
+    (k,), (r,) = (out for out, _ in both("gather_normalise", x, idx, mean, inv_std,
+                                         np.full((batch, d), np.nan, np.float32), outputs=[4]))
+    np.testing.assert_array_equal(k, two_pass)
+    np.testing.assert_array_equal(r, two_pass)
+    np.testing.assert_allclose(k, (x[idx].astype(np.float64) - mean) * inv_std, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("d,h", [(3072, 33), (33, 10), (10, 1), (1, 33), (33, 600)])   # 600: gemm_op on 1-2 threads
 @pytest.mark.parametrize("relu", [True, False])

@@ -88,6 +88,31 @@ def tiny_data(n_train=300, n_test=60, seed=0):
     return Dataset(x, y, xt, yt, [f"c{i}" for i in range(10)], (3, 32, 32))
 
 
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+@pytest.mark.parametrize("whiten", [False, True])
+def test_forward_on_a_batch_gathered_normalised_is_the_same(engine, whiten):
+    """A step gathers its batch normalised (gather_normalise) unless it augments; evaluation does
+    too. Both ways into the net give the same logits, bit for bit, whitened or not."""
+    rng = np.random.default_rng(4)
+    model = init_model([12, 9, 3], [120.0, 110.0, 100.0], [60.0, 50.0, 40.0], ["a", "b", "c"], rng,
+                       image_shape=(3, 2, 2))
+    if whiten:
+        model.whiten = rng.standard_normal((12, 12), dtype=np.float32) * np.float32(0.3)
+        model.whiten_bias = rng.standard_normal(12, dtype=np.float32)
+    x = rng.integers(0, 256, (40, 12), dtype=np.uint8)
+    idx = rng.integers(0, 40, 7).astype(np.int64)
+    E = get_engine(engine)
+    logits = []
+    for normalised in (False, True):
+        v = network.workspace_for(E, model, 7).rows(7)
+        v.xb[:] = 0 if normalised else x[idx]      # the normalised path must not read v.xb
+        if normalised:
+            E.gather_normalise(x, idx, *model.input_transform(), v.x_in)
+        logits.append(network.forward(E, model, model.input_transform(), v, normalised=normalised).copy())
+    np.testing.assert_array_equal(logits[0], logits[1])
+    assert np.abs(logits[0]).max() > 0
+
+
 def test_engines_agree_on_first_steps():
     data = tiny_data()
     losses = {}

@@ -14,7 +14,7 @@ ENGINE_COLOURS = {"numba": "#1f77b4", "numpy": "#ff7f0e", "torch": "#d62728"}
 
 
 def phase_group(name: str) -> str:
-    # normalise: the first layer's input, timed on its own so the products' GFLOP/s leave it out
+    # normalise: a phase of reports from before the batch was gathered normalised
     for prefix, group in (("gather", "gather"), ("normalise", "forward"), ("forward", "forward"),
                           ("softmax", "loss"), ("loss", "loss"),
                           ("backward", "backward"), ("sgd", "update"), ("adam", "update"), ("update", "update")):
