@@ -179,9 +179,9 @@ def batches(E, model, x, idx=None, batch: int = 256, flip_tta: bool = False):
         logits = forward(E, model, x_norm, v, normalised=True)
         if flip_tta:
             np.copyto(first_view[: v.n], logits)
-            E.gather_augment(x, ids, no_shift[: v.n], no_shift[: v.n], mirror[: v.n], E.PAD_ZERO,
-                             *model.image_shape, v.xb)
-            logits = forward(E, model, x_norm, v)
+            E.gather_augment_normalise(x, ids, no_shift[: v.n], no_shift[: v.n], mirror[: v.n], E.PAD_ZERO,
+                                       *model.image_shape, *x_norm, v.xb, v.x_in)
+            logits = forward(E, model, x_norm, v, normalised=True)
             logits += first_view[: v.n]
             logits *= F32(0.5)
         yield ids, v, logits

@@ -132,3 +132,11 @@ def gather_augment(x, idx, shift_y, shift_x, flip, pad_mode, channels, height, w
         y0, x0 = py + shift_y[i], px + shift_x[i]
         crop = padded[:, y0 : y0 + height, x0 : x0 + width]
         out[i] = (crop[:, :, ::-1] if flip[i] else crop).reshape(-1)
+
+
+def gather_augment_normalise(x, idx, shift_y, shift_x, flip, pad_mode, channels, height, width, mean, inv_std,
+                             raw, out):
+    if out.shape != raw.shape:
+        raise ValueError("gather_augment_normalise: raw and out must have the same shape")
+    gather_augment(x, idx, shift_y, shift_x, flip, pad_mode, channels, height, width, raw)
+    normalise(raw, mean, inv_std, out)

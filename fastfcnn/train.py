@@ -129,12 +129,12 @@ class Trainer:
     def grads_b(self) -> list:
         return self.grads[len(self.model.weights) :]
 
-    def gather(self, idx: np.ndarray, v) -> bool:
-        """The batch x_train[idx]: normalised into v.x_in (returns True), or, when images are
-        randomly cropped and flipped, raw into v.xb (False; forward normalises it)."""
+    def gather(self, idx: np.ndarray, v) -> None:
+        """The batch x_train[idx], images randomly cropped and flipped if configured, normalised
+        into v.x_in (an augmented batch passes through v.xb)."""
         if not self.augment:
             self.E.gather_normalise(self.data.x_train, idx, *self.x_norm, v.x_in)
-            return True
+            return
         n, pad = len(idx), self.cfg.crop_pad
         u = self._aug_u[: 3 * n].reshape(3, n)
         self.rng.random(out=u)
@@ -147,20 +147,20 @@ class Trainer:
         if self.cfg.flip:
             np.less(u[2], 0.5, out=flip)
         mode = self.E.PAD_REFLECT if self.cfg.crop_mode == "reflect" else self.E.PAD_ZERO
-        self.E.gather_augment(self.data.x_train, idx, shift[0], shift[1], flip, mode, *self.data.image_shape, v.xb)
-        return False
+        self.E.gather_augment_normalise(self.data.x_train, idx, shift[0], shift[1], flip, mode, *self.data.image_shape,
+                                        *self.x_norm, v.xb, v.x_in)
 
     def step(self, idx: np.ndarray, lr: float) -> tuple:
         """One step on the rows idx of the training set; returns (summed loss, correct)."""
         E, m, cfg = self.E, self.model, self.cfg
         v = self.ws.rows(len(idx))
-        normalised = self.gather(idx, v)
+        self.gather(idx, v)
         np.take(self.data.y_train, idx, out=v.labels)
         if cfg.dropout > 0:
             for u in v.drop_u:
                 if u is not None:
                     self.rng.random(out=u, dtype=np.float32)
-        logits = network.forward(E, m, self.x_norm, v, cfg.dropout, normalised)
+        logits = network.forward(E, m, self.x_norm, v, cfg.dropout, normalised=True)
         correct = E.count_correct(logits, v.labels)
         loss = network.backward(E, m, v, cfg.label_smoothing, self.grads_w, self.grads_b, cfg.dropout)
         self.update(lr)

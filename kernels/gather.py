@@ -67,83 +67,118 @@ def gather_augment(x, idx, shift_y, shift_x, flip, pad_mode, channels, height, w
     x (N,D) uint8 or float32 with D = channels*height*width, plane c in columns c*H*W:(c+1)*H*W,
     row-major inside; idx/shift_y/shift_x (B,) int64, flip (B,) bool, out (B,D) of x's dtype.
     """
+    _augment_checks(x, idx, shift_y, shift_x, pad_mode, channels, height, width, out)
+    reflect = pad_mode == PAD_REFLECT
+    # One task per (image, channel plane): a batch of 1 still spreads over `channels` threads,
+    # and each output element is written by exactly one task.
+    for t in prange(idx.shape[0] * channels):
+        _augment_plane(x, idx, shift_y, shift_x, flip, reflect, channels, height, width, out, t)
+
+
+@kernel
+def gather_augment_normalise(x, idx, shift_y, shift_x, flip, pad_mode, channels, height, width, mean, inv_std,
+                             raw, out):
+    """out (B,D) float32 = (gather_augment(...) - mean) * inv_std, per feature: gather_augment into
+    raw (B,D) of x's dtype, and each image plane normalised by the task that wrote it, while it is
+    in L1 (the same bits as gather_augment then linear.normalise, without a second pass over the
+    batch). Arguments as gather_augment's; mean and inv_std (D,) float32."""
+    _augment_checks(x, idx, shift_y, shift_x, pad_mode, channels, height, width, raw)
+    if out.shape[0] != raw.shape[0] or out.shape[1] != raw.shape[1]:
+        raise ValueError("gather_augment_normalise: raw and out must have the same shape")
+    reflect = pad_mode == PAD_REFLECT
     plane = height * width
-    # checked here, not trusted: a wrong shape or reflect shift would read outside x
+    for t in prange(idx.shape[0] * channels):
+        _augment_plane(x, idx, shift_y, shift_x, flip, reflect, channels, height, width, raw, t)
+        i = t // channels
+        base = (t - i * channels) * plane
+        src, dst = raw[i, base : base + plane], out[i, base : base + plane]
+        m, s = mean[base : base + plane], inv_std[base : base + plane]
+        for k in range(plane):
+            dst[k] = (np.float32(src[k]) - m[k]) * s[k]
+
+
+@serial_kernel
+def _augment_checks(x, idx, shift_y, shift_x, pad_mode, channels, height, width, out):
+    """gather_augment's arguments, checked, not trusted: a wrong shape or reflect shift would
+    read outside x."""
+    plane = height * width
     if x.shape[1] != channels * plane or out.shape[1] != x.shape[1] or out.shape[0] != idx.shape[0]:
         raise ValueError("gather_augment: x and out need channels*height*width columns, out one row per idx")
-    reflect = pad_mode == PAD_REFLECT
-    if reflect:
+    if pad_mode == PAD_REFLECT:
         for i in range(idx.shape[0]):
             if abs(shift_y[i]) >= height or abs(shift_x[i]) >= width:
                 raise ValueError("gather_augment: reflect padding needs |shift_y| < height, |shift_x| < width")
-    # One task per (image, channel plane): a batch of 1 still spreads over `channels` threads,
-    # and each output element is written by exactly one task.
+
+
+@serial_kernel
+def _augment_plane(x, idx, shift_y, shift_x, flip, reflect, channels, height, width, out, t):
+    """Task t of gather_augment: image t // channels, plane t % channels."""
+    plane = height * width
     tasks = idx.shape[0] * channels
-    for t in prange(tasks):
-        if t + AHEAD < tasks:
-            ahead = (t + AHEAD) // channels
-            start = (t + AHEAD - ahead * channels) * plane
-            _prefetch_span(x, idx[ahead], start, start + plane)
-        i = t // channels
-        base = (t - i * channels) * plane
-        src = x[idx[i], base : base + plane]
-        dst = out[i, base : base + plane]
-        sy, sx, fl = shift_y[i], shift_x[i], flip[i]
-        unit = src.strides[0] == src.itemsize and dst.strides[0] == dst.itemsize   # _reversed8 needs it
-        # Output column c reads source column first + step * c (step -1 if flipped). The columns
-        # [lo, hi) of every row read inside the image: a plain copy loop. Only the <= |sx|
-        # columns either side need the padding rule. All of this is per image, not per row.
+    if t + AHEAD < tasks:
+        ahead = (t + AHEAD) // channels
+        start = (t + AHEAD - ahead * channels) * plane
+        _prefetch_span(x, idx[ahead], start, start + plane)
+    i = t // channels
+    base = (t - i * channels) * plane
+    src = x[idx[i], base : base + plane]
+    dst = out[i, base : base + plane]
+    sy, sx, fl = shift_y[i], shift_x[i], flip[i]
+    unit = src.strides[0] == src.itemsize and dst.strides[0] == dst.itemsize   # _reversed8 needs it
+    # Output column c reads source column first + step * c (step -1 if flipped). The columns
+    # [lo, hi) of every row read inside the image: a plain copy loop. Only the <= |sx|
+    # columns either side need the padding rule. All of this is per image, not per row.
+    if fl:
+        first, step = width - 1 + sx, -1
+        lo = min(max(0, sx), width)
+        hi = max(min(width, width + sx), lo)
+    else:
+        first, step = sx, 1
+        lo = min(max(0, -sx), width)
+        hi = max(min(width, width - sx), lo)
+    # Unflipped, the rows whose source row is inside the image, [r0, r1), are one shifted span
+    # of the plane: one long copy loop instead of a short one per row. It also writes the
+    # padding columns of the rows between, which the loops below then write as they should be.
+    r0, r1 = min(max(0, -sy), height), max(min(height, height - sy), 0)
+    block = not fl and r1 > r0 and hi > lo
+    if block:
+        delta = sy * width + sx
+        for k in range(r0 * width + lo, (r1 - 1) * width + hi):
+            dst[_u(k)] = src[_u(k + delta)]
+        if lo > 0 or hi < width:
+            for r in range(r0, r1):
+                o, row = r * width, (r + sy) * width
+                for c in range(lo):
+                    _pad_pixel(src, dst, o + c, row, first + c, width, reflect)
+                for c in range(hi, width):
+                    _pad_pixel(src, dst, o + c, row, first + c, width, reflect)
+    for r in range(height):
+        if block and r0 <= r < r1:
+            continue
+        o = r * width
+        y = _source(r + sy, height, reflect)
+        if y < 0:
+            for c in range(width):
+                dst[_u(o + c)] = 0   # an int: Numba casts it to out's dtype (uint8 or float32)
+            continue
+        s = y * width + first
         if fl:
-            first, step = width - 1 + sx, -1
-            lo = min(max(0, sx), width)
-            hi = max(min(width, width + sx), lo)
+            c = lo
+            while unit and c + REV <= hi:
+                _reversed8(src, s - c - (REV - 1), dst, o + c)
+                c += REV
+            if unit and c < hi and hi - lo >= REV:     # the last 8, overlapping: no pixel loop
+                _reversed8(src, s - (hi - REV) - (REV - 1), dst, o + hi - REV)
+                c = hi
+            for c in range(c, hi):
+                dst[_u(o + c)] = src[_u(s - c)]
         else:
-            first, step = sx, 1
-            lo = min(max(0, -sx), width)
-            hi = max(min(width, width - sx), lo)
-        # Unflipped, the rows whose source row is inside the image, [r0, r1), are one shifted span
-        # of the plane: one long copy loop instead of a short one per row. It also writes the
-        # padding columns of the rows between, which the loops below then write as they should be.
-        r0, r1 = min(max(0, -sy), height), max(min(height, height - sy), 0)
-        block = not fl and r1 > r0 and hi > lo
-        if block:
-            delta = sy * width + sx
-            for k in range(r0 * width + lo, (r1 - 1) * width + hi):
-                dst[_u(k)] = src[_u(k + delta)]
-            if lo > 0 or hi < width:
-                for r in range(r0, r1):
-                    o, row = r * width, (r + sy) * width
-                    for c in range(lo):
-                        _pad_pixel(src, dst, o + c, row, first + c, width, reflect)
-                    for c in range(hi, width):
-                        _pad_pixel(src, dst, o + c, row, first + c, width, reflect)
-        for r in range(height):
-            if block and r0 <= r < r1:
-                continue
-            o = r * width
-            y = _source(r + sy, height, reflect)
-            if y < 0:
-                for c in range(width):
-                    dst[_u(o + c)] = 0   # an int: Numba casts it to out's dtype (uint8 or float32)
-                continue
-            s = y * width + first
-            if fl:
-                c = lo
-                while unit and c + REV <= hi:
-                    _reversed8(src, s - c - (REV - 1), dst, o + c)
-                    c += REV
-                if unit and c < hi and hi - lo >= REV:     # the last 8, overlapping: no pixel loop
-                    _reversed8(src, s - (hi - REV) - (REV - 1), dst, o + hi - REV)
-                    c = hi
-                for c in range(c, hi):
-                    dst[_u(o + c)] = src[_u(s - c)]
-            else:
-                for c in range(lo, hi):
-                    dst[_u(o + c)] = src[_u(s + c)]
-            for c in range(lo):
-                _pad_pixel(src, dst, o + c, y * width, first + step * c, width, reflect)
-            for c in range(hi, width):
-                _pad_pixel(src, dst, o + c, y * width, first + step * c, width, reflect)
+            for c in range(lo, hi):
+                dst[_u(o + c)] = src[_u(s + c)]
+        for c in range(lo):
+            _pad_pixel(src, dst, o + c, y * width, first + step * c, width, reflect)
+        for c in range(hi, width):
+            _pad_pixel(src, dst, o + c, y * width, first + step * c, width, reflect)
 
 
 # A mirrored row is copied 8 pixels at a time, reversed in a vector register: a row is 32 pixels,

@@ -453,6 +453,34 @@ def test_gather_augment_shapes_match_reference(shape, dtype, pad_mode, pad):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("shape", [(3, 32, 32), (2, 5, 7)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("pad_mode", [K.PAD_ZERO, K.PAD_REFLECT])
+def test_gather_augment_normalise_is_augment_then_normalise(shape, dtype, pad_mode):
+    """Each plane normalised by the task that augmented it: the bits of gather_augment followed by
+    normalise, in out, and the augmented batch itself in raw."""
+    rng = np.random.default_rng(int(np.prod(shape)))
+    x, idx, sy, sx, flip = shape_inputs(rng, shape, dtype, 9, 3, 3)
+    d = x.shape[1]
+    mean = rng.uniform(50, 200, d).astype(np.float32)
+    inv_std = (1 / rng.uniform(30, 80, d)).astype(np.float32)
+    raw = np.full((9, d), 7, dtype)
+    K.gather_augment(x, idx, sy, sx, flip, pad_mode, *shape, raw)
+    two_pass = np.full((9, d), np.nan, np.float32)
+    K.normalise(raw, mean, inv_std, two_pass)
+    for (k_raw, k_out), _ in both("gather_augment_normalise", x, idx, sy, sx, flip, pad_mode, *shape, mean, inv_std,
+                                  np.full((9, d), 7, dtype), np.full((9, d), np.nan, np.float32), outputs=[11, 12]):
+        np.testing.assert_array_equal(k_raw, raw)
+        np.testing.assert_array_equal(k_out, two_pass)
+    for impl in (K, R):
+        with pytest.raises(ValueError, match="same shape"):
+            impl.gather_augment_normalise(x, idx, sy, sx, flip, pad_mode, *shape, mean, inv_std, raw,
+                                          np.zeros((8, d), np.float32))
+        with pytest.raises(ValueError, match="out one row per idx"):
+            impl.gather_augment_normalise(x, idx[:4], sy, sx, flip, pad_mode, *shape, mean, inv_std, raw,
+                                          two_pass)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_gather_augment_mirrored_rows_whatever_the_layout(dtype, order):
