@@ -113,7 +113,8 @@ def workspace_for(E, model, capacity: int, dropout: bool = False) -> Workspace:
 def forward(E, model, x_norm, v: Views, dropout: float = 0.0, normalised: bool = False) -> np.ndarray:
     """Logits (n, classes) for the batch in v.xb (uint8 images or float32 features);
     x_norm = model.input_transform(). normalised: the batch is already normalised in v.x_in
-    (E.gather_normalise), and v.xb is not read.
+    (E.gather_normalise or E.gather_augment_normalise, as steps and evaluation gather it), and
+    v.xb is not read.
 
     With a whitening map P the images are normalised into v.xn and acts[0] = v.xn @ P.T + c is
     the first trainable layer's input (P is fixed: backward never reaches it). With dropout > 0

@@ -91,8 +91,9 @@ def tiny_data(n_train=300, n_test=60, seed=0):
 @pytest.mark.parametrize("engine", ["numba", "numpy"])
 @pytest.mark.parametrize("whiten", [False, True])
 def test_forward_on_a_batch_gathered_normalised_is_the_same(engine, whiten):
-    """A step gathers its batch normalised (gather_normalise) unless it augments; evaluation does
-    too. Both ways into the net give the same logits, bit for bit, whitened or not."""
+    """Steps and evaluation gather their batch normalised (gather_normalise, gather_augment_normalise);
+    from a raw batch, forward normalises it first. Both ways give the same logits, bit for bit,
+    whitened or not."""
     rng = np.random.default_rng(4)
     model = init_model([12, 9, 3], [120.0, 110.0, 100.0], [60.0, 50.0, 40.0], ["a", "b", "c"], rng,
                        image_shape=(3, 2, 2))
