@@ -42,9 +42,10 @@ def make_trainer(net: str, engine: str, data: Dataset, epochs: int = 1, seed: in
 def train_epoch(trainer: Trainer, lr: float = 0.01) -> None:
     """One pass over the training split, exactly as Trainer.run does it (no validation)."""
     order = trainer.rng.permutation(trainer.train_idx)
+    labels = trainer.data.y_train[order]
     b = trainer.ws.capacity
     for s in range(trainer.steps_per_epoch):
-        trainer.step(order[s * b:(s + 1) * b], lr)
+        trainer.step(order[s * b:(s + 1) * b], lr, labels[s * b:(s + 1) * b])
 
 
 def layer_shapes(trainer: Trainer) -> list:

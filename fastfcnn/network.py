@@ -35,6 +35,18 @@ def aligned_zeros(shape, dtype=F32) -> np.ndarray:
     return out
 
 
+def flat_zeros(shapes, dtype=F32) -> tuple:
+    """(buffer, views): zeroed arrays of the given shapes laid end to end in one buffer, each
+    starting on a cache line, with zeros between them. An elementwise pass over a slice of the
+    buffer (the optimizer's update, over all weights at once) is then one kernel call, not one
+    per array; the padding stays zero through such a pass (zero weights, gradients and moments)."""
+    line = CACHE_LINE // np.dtype(dtype).itemsize
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    starts = np.cumsum([0] + [-(-n // line) * line for n in sizes]).tolist()
+    flat = aligned_zeros(starts[-1], dtype)
+    return flat, [flat[a : a + n].reshape(s) for a, n, s in zip(starts, sizes, shapes)]
+
+
 class Workspace:
     """Every buffer a forward/backward pass touches, allocated once for up to `capacity` rows.
 
@@ -139,21 +151,22 @@ def forward(E, model, x_norm, v: Views, dropout: float = 0.0, normalised: bool =
     return v.acts[-1]
 
 
-def backward(E, model, v: Views, smoothing: float, grads_w, grads_b, dropout: float = 0.0) -> float:
-    """Loss gradient and backprop for the batch forward() just ran; returns the summed row loss.
+def backward(E, model, v: Views, smoothing: float, grads_w, grads_b, dropout: float = 0.0) -> tuple:
+    """Loss gradient and backprop for the batch forward() just ran; returns (the summed row loss,
+    the number of rows classified right).
 
     With dropout, linear_grad_input's mask (activation > 0) already zeroes the dropped units;
     applying the same dropout to the gradient adds the missing 1/(1-p) of the kept ones.
     """
     last = len(model.weights) - 1
-    E.softmax_xent_grad(v.acts[-1], v.labels, smoothing, v.deltas[-1], v.row_loss)
+    loss, correct = E.softmax_xent_grad(v.acts[-1], v.labels, smoothing, v.deltas[-1], v.row_loss)
     for l in range(last, -1, -1):
         E.linear_grad_params(v.deltas[l + 1], v.acts[l], grads_w[l], grads_b[l], v.ws.pack)
         if l > 0:
             E.linear_grad_input(v.deltas[l + 1], model.weights[l], v.acts[l], v.deltas[l], v.ws.pack)
             if dropout > 0:
                 E.dropout(v.deltas[l], v.drop_u[l], F32(dropout))
-    return float(v.row_loss.sum(dtype=np.float64))
+    return loss, correct
 
 
 def batches(E, model, x, idx=None, batch: int = 256, flip_tta: bool = False):
@@ -194,9 +207,9 @@ def evaluate(E, model, x, y, idx=None, batch: int = 256, flip_tta: bool = False)
     loss, correct = 0.0, 0
     for ids, v, logits in batches(E, model, x, idx, batch, flip_tta):
         np.take(y, ids, out=v.labels)
-        E.softmax_xent_grad(logits, v.labels, 0.0, v.deltas[-1], v.row_loss)
-        loss += float(v.row_loss.sum(dtype=np.float64))
-        correct += E.count_correct(logits, v.labels)
+        batch_loss, batch_correct = E.softmax_xent_grad(logits, v.labels, 0.0, v.deltas[-1], v.row_loss)
+        loss += batch_loss
+        correct += batch_correct
     return loss / max(n, 1), correct / max(n, 1)
 
 

@@ -69,15 +69,12 @@ def softmax_xent_grad(logits, labels, smoothing, dlogits, row_loss):
     target[np.arange(n), labels] += np.float32(1 - smoothing)
     np.multiply(e / z - target, np.float32(1 / n), out=dlogits)
     np.sum(-target * log_p, axis=1, out=row_loss)
+    return float(row_loss.sum(dtype=np.float64)), int(np.count_nonzero(np.argmax(logits, axis=1) == labels))
 
 
 def softmax(logits, probs):
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.divide(e, e.sum(axis=1, keepdims=True), out=probs)
-
-
-def count_correct(logits, labels):
-    return int(np.count_nonzero(np.argmax(logits, axis=1) == labels))
 
 
 def sgd_momentum_update(param, grad, velocity, lr, momentum, weight_decay, nesterov):

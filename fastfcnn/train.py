@@ -41,9 +41,11 @@ class OptimizerState:
     updates: int = 0
 
     @classmethod
-    def zeros(cls, params, adam: bool) -> "OptimizerState":
-        return cls([network.aligned_zeros(p.shape) for p in params],
-                   [network.aligned_zeros(p.shape) for p in params] if adam else [])
+    def flat(cls, shapes, adam: bool) -> tuple:
+        """(state, its first and second moments as one flat buffer each: network.flat_zeros)."""
+        first, firsts = network.flat_zeros(shapes)
+        second, seconds = network.flat_zeros(shapes) if adam else (None, [])
+        return cls(firsts, seconds), first, second
 
 
 class Trainer:
@@ -74,10 +76,24 @@ class Trainer:
         self.x_norm = self.model.input_transform()
         self.E = get_engine(cfg.engine, cfg.precision)
         self.E_eval = get_engine(cfg.engine)      # accuracy in fp32 whatever the training precision
-        self.params = self.model.weights + self.model.biases     # the arrays themselves, updated in place
-        self.decays = [cfg.weight_decay] * len(self.model.weights) + [0.0] * len(self.model.biases)
-        self.grads = [network.aligned_zeros(p.shape) for p in self.params]
-        self.opt = OptimizerState.zeros(self.params, adam=cfg.optimizer != "sgd")
+        # The parameters, their gradients and the optimizer's moments each live in one flat buffer
+        # (network.flat_zeros), weights first, so a step updates all weights in one kernel call and
+        # all biases in another. The model's arrays become views of it: they are updated in place
+        # and never rebound (start_from and checkpoint.restore copy into them).
+        m, shapes = self.model, [p.shape for p in self.model.weights + self.model.biases]
+        flat_params, self.params = network.flat_zeros(shapes)
+        for dst, src in zip(self.params, m.weights + m.biases):
+            np.copyto(dst, src)
+        n_w = len(m.weights)
+        m.weights, m.biases = self.params[:n_w], self.params[n_w:]
+        flat_grads, self.grads = network.flat_zeros(shapes)
+        self.opt, flat_first, flat_second = OptimizerState.flat(shapes, adam=cfg.optimizer != "sgd")
+        # (flat slices, weight decay) for each update call: weight decay on weights only
+        bias0 = (self.params[n_w].ctypes.data - flat_params.ctypes.data) // flat_params.itemsize
+        cuts = [(slice(0, bias0), cfg.weight_decay), (slice(bias0, None), 0.0)] if cfg.weight_decay else \
+            [(slice(None), 0.0)]
+        self._update_groups = [(flat_params[c], flat_grads[c], flat_first[c],
+                                None if flat_second is None else flat_second[c], np.float32(wd)) for c, wd in cuts]
         self.ws = network.workspace_for(self.E, self.model, min(cfg.batch_size, len(self.train_idx)), cfg.dropout > 0)
         self.steps_per_epoch = math.ceil(len(self.train_idx) / self.ws.capacity)
         self.augment = cfg.crop_pad > 0 or cfg.flip
@@ -108,7 +124,10 @@ class Trainer:
         m.mean, m.std, m.whiten, m.whiten_bias = model.mean, model.std, model.whiten, model.whiten_bias
         self.x_norm = m.input_transform()
         if state is not None:
-            self.opt, self.rng, self.epoch = state["opt"], state["rng"], state["epoch"]
+            for dsts, srcs in ((self.opt.first, state["opt"].first), (self.opt.second, state["opt"].second)):
+                for dst, src in zip(dsts, srcs):
+                    np.copyto(dst, src)
+            self.opt.updates, self.rng, self.epoch = state["opt"].updates, state["rng"], state["epoch"]
 
     def feed(self, data) -> None:
         """Train on new rows of the same layout from the next epoch on, all of them (no validation
@@ -150,19 +169,22 @@ class Trainer:
         self.E.gather_augment_normalise(self.data.x_train, idx, shift[0], shift[1], flip, mode, *self.data.image_shape,
                                         *self.x_norm, v.xb, v.x_in)
 
-    def step(self, idx: np.ndarray, lr: float) -> tuple:
-        """One step on the rows idx of the training set; returns (summed loss, correct)."""
+    def step(self, idx: np.ndarray, lr: float, labels: np.ndarray | None = None) -> tuple:
+        """One step on the rows idx of the training set; returns (summed loss, correct).
+        labels: y_train[idx], if the caller has them (run_epoch gathers an epoch's at its start)."""
         E, m, cfg = self.E, self.model, self.cfg
         v = self.ws.rows(len(idx))
         self.gather(idx, v)
-        np.take(self.data.y_train, idx, out=v.labels)
+        if labels is None:
+            np.take(self.data.y_train, idx, out=v.labels)
+        else:
+            np.copyto(v.labels, labels)
         if cfg.dropout > 0:
             for u in v.drop_u:
                 if u is not None:
                     self.rng.random(out=u, dtype=np.float32)
-        logits = network.forward(E, m, self.x_norm, v, cfg.dropout, normalised=True)
-        correct = E.count_correct(logits, v.labels)
-        loss = network.backward(E, m, v, cfg.label_smoothing, self.grads_w, self.grads_b, cfg.dropout)
+        network.forward(E, m, self.x_norm, v, cfg.dropout, normalised=True)
+        loss, correct = network.backward(E, m, v, cfg.label_smoothing, self.grads_w, self.grads_b, cfg.dropout)
         self.update(lr)
         return loss, correct
 
@@ -172,14 +194,14 @@ class Trainer:
         lr32 = np.float32(lr)
         if cfg.optimizer == "sgd":
             mu = np.float32(cfg.momentum)
-            for p, g, vel, wd in zip(self.params, self.grads, opt.first, self.decays):
-                E.sgd_momentum_update(p, g, vel, lr32, mu, np.float32(wd), cfg.nesterov)
+            for p, g, vel, _, wd in self._update_groups:
+                E.sgd_momentum_update(p, g, vel, lr32, mu, wd, cfg.nesterov)
             return
         opt.updates += 1
         b1, b2, eps = np.float32(cfg.beta1), np.float32(cfg.beta2), np.float32(cfg.adam_eps)
         decoupled = cfg.optimizer == "adamw"
-        for p, g, m1, m2, wd in zip(self.params, self.grads, opt.first, opt.second, self.decays):
-            E.adam_update(p, g, m1, m2, lr32, b1, b2, eps, np.float32(wd), decoupled, opt.updates)
+        for p, g, m1, m2, wd in self._update_groups:
+            E.adam_update(p, g, m1, m2, lr32, b1, b2, eps, wd, decoupled, opt.updates)
 
     def run(self) -> list:
         """Train until cfg.epochs epochs are done or early stopping ends the run; returns the history."""
@@ -201,12 +223,16 @@ class Trainer:
             self.order = self.rng.permutation(self.train_idx)
             self.pos, self.loss_sum, self.correct, self.seconds = 0, 0.0, 0, 0.0
         t0 = time.perf_counter()
+        # the epoch's labels in its order, in one pass: a step's 128 random reads of y_train would
+        # mostly miss the caches the step's own data just filled
+        labels = self.data.y_train[self.order]
         while self.pos < spe:
             if self.should_stop():
                 self.seconds += time.perf_counter() - t0
                 raise Interrupted(self.epoch + 1, self.pos)
             lr = self.learning_rate(self.epoch * spe + self.pos)
-            loss, c = self.step(self.order[self.pos * B : (self.pos + 1) * B], lr)
+            batch = slice(self.pos * B, (self.pos + 1) * B)
+            loss, c = self.step(self.order[batch], lr, labels[batch])
             if not math.isfinite(loss):
                 raise Diverged(
                     f"training diverged: the loss became {loss} in epoch {self.epoch + 1} (step {self.pos + 1}) "

@@ -2,7 +2,7 @@
 from .dropout import dropout
 from .gather import PAD_REFLECT, PAD_ZERO, gather_augment, gather_augment_normalise, gather_batch, gather_normalise
 from .linear import input_linear_forward, linear_forward, linear_grad_input, linear_grad_params, normalise
-from .loss import count_correct, softmax, softmax_xent_grad
+from .loss import softmax, softmax_xent_grad
 from .matmul import gemm_nt, gemm_op, pack_workspace, packed_a_floats, packed_b_floats
 from .optim import adam_update, sgd_momentum_update
 
@@ -18,7 +18,6 @@ __all__ = [
     "linear_grad_input",
     "softmax_xent_grad",
     "softmax",
-    "count_correct",
     "sgd_momentum_update",
     "adam_update",
     "dropout",

@@ -13,16 +13,23 @@ def softmax_xent_grad(logits, labels, smoothing, dlogits, row_loss):
     Writes dlogits (B,C) = (softmax(logits) - target) / B, the gradient of the batch-mean loss,
     and row_loss (B,) = -sum(target * log softmax(logits)), where target puts 1 - smoothing on the
     label and spreads smoothing evenly over all C classes. dlogits must not be logits.
+    Returns (the sum of row_loss, in float64; the number of rows whose argmax, the first on ties,
+    is the label): a step's loss and accuracy come with its gradient, not from two more passes.
     """
     n, c = logits.shape
     inv_n = np.float32(1) / np.float32(n)
     off = np.float32(smoothing) / np.float32(c)
     on = np.float32(1) - np.float32(smoothing) + off
+    total = 0.0
+    correct = 0
     for i in prange(n):
         row, d = logits[i], dlogits[i]
         m = row[0]
+        best = 0
         for j in range(1, c):
             m = max(m, row[j])
+            if row[j] > row[best]:
+                best = j
         z = np.float32(0)
         for j in range(c):           # one exp per element: e_j parked in dlogits until z is known
             e = np.exp(row[j] - m)
@@ -36,6 +43,10 @@ def softmax_xent_grad(logits, labels, smoothing, dlogits, row_loss):
             d[j] = d[j] * scale - t * inv_n
             loss -= t * (row[j] - m - log_z)
         row_loss[i] = loss
+        total += np.float64(loss)
+        if best == labels[i]:
+            correct += 1
+    return total, correct
 
 
 @kernel
@@ -58,18 +69,3 @@ def softmax(logits, probs):
         inv_z = np.float32(1) / z    # z >= 1 (the max term is exp(0)): never a division by 0
         for j in range(c):
             dst[j] *= inv_z
-
-
-@sized_kernel(lambda logits, labels: logits.size)
-def count_correct(logits, labels):
-    """Number of rows of logits (B,C) whose argmax (first on ties) equals labels (B,)."""
-    n, c = logits.shape
-    correct = 0
-    for i in prange(n):
-        best = 0
-        for j in range(1, c):
-            if logits[i, j] > logits[i, best]:
-                best = j
-        if best == labels[i]:
-            correct += 1
-    return correct

@@ -161,11 +161,15 @@ def test_softmax_xent_grad(batch, classes, smoothing):
     logits[0, 0] = 80.0  # exp(80) overflows float32: only a max-shifted softmax survives it
     labels = rng.integers(0, classes, batch).astype(np.int64)
     args = (logits, labels, smoothing, np.zeros((batch, classes), np.float32), np.zeros(batch, np.float32))
-    (k_d, k_loss), _ = both("softmax_xent_grad", *args, outputs=[3, 4])[0]
-    (r_d, r_loss), _ = both("softmax_xent_grad", *args, outputs=[3, 4])[1]
+    (k_d, k_loss), (k_sum, k_correct) = both("softmax_xent_grad", *args, outputs=[3, 4])[0]
+    (r_d, r_loss), (r_sum, r_correct) = both("softmax_xent_grad", *args, outputs=[3, 4])[1]
     assert np.isfinite(k_d).all() and np.isfinite(k_loss).all()
     close(k_d, r_d)
     close(k_loss, r_loss)
+    # the returned statistics: the row losses summed, and the rows whose argmax is the label
+    assert k_sum == pytest.approx(float(k_loss.astype(np.float64).sum()), rel=1e-12)
+    assert r_sum == pytest.approx(k_sum, rel=1e-5)
+    assert k_correct == r_correct == np.count_nonzero(logits.argmax(axis=1) == labels)
     # each row of the gradient sums to zero: softmax and target both sum to one
     np.testing.assert_allclose(k_d.sum(axis=1), 0, atol=1e-6)
 
@@ -228,13 +232,19 @@ def test_softmax_agrees_with_softmax_xent_grad(batch, classes):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_count_correct(batch):
+def test_softmax_xent_grad_counts_the_first_argmax(batch):
     rng = np.random.default_rng(batch)
     logits = randn(rng, batch, 10)
     labels = rng.integers(0, 10, batch).astype(np.int64)
     labels[0] = np.argmax(logits[0])
+    logits[-1] = 1.0                   # a tie across the row: the first class is the prediction
+    labels[-1] = 0
+    if batch > 2:
+        logits[1], labels[1] = 1.0, 3  # tied, and the label is not the first class
     expected = int((logits.argmax(1) == labels).sum())
-    assert K.count_correct(logits, labels) == R.count_correct(logits, labels) == expected >= 1
+    stats = [impl.softmax_xent_grad(logits, labels, 0.0, np.zeros_like(logits), np.zeros(batch, np.float32))[1]
+             for impl in (K, R)]
+    assert stats == [expected, expected] and expected >= 1
 
 
 @pytest.mark.parametrize("shape", [(1,), (33,), (10, 3072), (7, 1)])
@@ -589,8 +599,10 @@ def test_sized_kernels_serial_and_parallel_agree(name, rows):
         np.testing.assert_array_equal(x, want)
 
 
-def test_count_correct_builds_agree():
+def test_softmax_xent_grad_builds_return_the_same_statistics():
     rng = np.random.default_rng(0)
     logits, labels = randn(rng, 700, 33), rng.integers(0, 33, 700).astype(np.int64)
-    assert K.count_correct.serial(logits, labels) == K.count_correct.parallel(logits, labels) == \
-        R.count_correct(logits, labels)
+    stats = [build(logits, labels, 0.1, np.zeros_like(logits), np.zeros(700, np.float32))
+             for build in (K.softmax_xent_grad.serial, K.softmax_xent_grad.parallel, R.softmax_xent_grad)]
+    assert stats[0][1] == stats[1][1] == stats[2][1] == np.count_nonzero(logits.argmax(axis=1) == labels)
+    assert stats[0][0] == pytest.approx(stats[1][0], rel=1e-12) and stats[0][0] == pytest.approx(stats[2][0], rel=1e-5)

@@ -4,6 +4,7 @@ import pytest
 from cifar_fixture import make_synthetic
 
 from fastfcnn import network
+from fastfcnn import kernels as K
 from fastfcnn.data import Dataset
 from fastfcnn.engine import get_engine
 from fastfcnn.model import init_model
@@ -60,8 +61,9 @@ def test_gradients_match_finite_differences(engine, smoothing, dropout, whiten):
         assert all(((u < dropout).any() and (u >= dropout).any()) for u in drop_u[1:-1])
     grads_w = [np.zeros_like(w) for w in model.weights]
     grads_b = [np.zeros_like(b) for b in model.biases]
-    network.forward(E, model, model.input_transform(), v, dropout)
-    loss_sum = network.backward(E, model, v, smoothing, grads_w, grads_b, dropout)
+    logits = network.forward(E, model, model.input_transform(), v, dropout).copy()
+    loss_sum, correct = network.backward(E, model, v, smoothing, grads_w, grads_b, dropout)
+    assert correct == np.count_nonzero(logits.argmax(axis=1) == labels)
 
     def float64_loss(model, xb, labels, smoothing):
         return loss64(model, xb, labels, smoothing, drop_u, dropout)
@@ -147,7 +149,7 @@ def test_last_partial_batch_is_used():
     t = Trainer(cfg, data)
     seen = []
     original = t.step
-    t.step = lambda idx, lr: (seen.append(idx.copy()), original(idx, lr))[1]
+    t.step = lambda idx, lr, labels=None: (seen.append(idx.copy()), original(idx, lr, labels))[1]
     t.run()
     assert [len(i) for i in seen] == [32, 32, 26]
     assert sorted(np.concatenate(seen)) == sorted(t.train_idx)
@@ -286,3 +288,45 @@ def test_every_buffer_a_step_reads_starts_on_a_cache_line(tmp_path):
     odd = network.aligned_copy(np.asfortranarray(np.arange(35, dtype=np.float32).reshape(5, 7)))
     assert odd.flags.c_contiguous and offsets([odd]) == {0}
     np.testing.assert_array_equal(odd, np.arange(35, dtype=np.float32).reshape(5, 7))
+
+
+@pytest.mark.parametrize("optimizer,weight_decay", [("sgd", 0.0), ("sgd", 0.05), ("adamw", 0.05), ("adam", 0.05)])
+def test_update_over_flat_buffers_is_the_update_of_each_array(optimizer, weight_decay):
+    """The trainer updates all weights in one call and all biases in another, over flat buffers the
+    model's arrays are views of: the same as updating each array alone, weight decay on weights only."""
+    cfg = TrainConfig(hidden=[33, 17], batch_size=37, engine="numba", val_size=30, seed=5, optimizer=optimizer,
+                      weight_decay=weight_decay, nesterov=optimizer == "sgd")
+    t = Trainer(cfg, tiny_data())
+    rng = np.random.default_rng(1)
+    assert all(p.base is not None for p in t.params)                # views, so the update reaches the model
+    assert [w.ctypes.data for w in t.model.weights + t.model.biases] == [p.ctypes.data for p in t.params]
+    for arrays in (t.params, t.grads, t.opt.first, t.opt.second):
+        for a in arrays:
+            a[...] = rng.standard_normal(a.shape, dtype=np.float32)
+    for a in t.opt.second:
+        np.abs(a, out=a)                                            # a second moment is never negative
+    t.opt.updates = 2
+    before = [[a.copy() for a in arrays] for arrays in (t.params, t.grads, t.opt.first, t.opt.second)]
+    t.update(0.1)
+    n_w = len(t.model.weights)
+    for i, (p, g, m1) in enumerate(zip(*before[:3])):
+        wd = np.float32(weight_decay if i < n_w else 0.0)
+        if optimizer == "sgd":
+            K.sgd_momentum_update(p, g, m1, np.float32(0.1), np.float32(cfg.momentum), wd, True)
+        else:
+            K.adam_update(p, g, m1, before[3][i], np.float32(0.1), np.float32(cfg.beta1), np.float32(cfg.beta2),
+                          np.float32(cfg.adam_eps), wd, optimizer == "adamw", 3)
+        # vector and scalar code take fastmath's approximate division and sqrt differently; a decay
+        # applied to the wrong arrays would be off by lr * weight_decay = 0.5 %
+        np.testing.assert_allclose(t.params[i], p, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(t.opt.first[i], m1, rtol=2e-5, atol=1e-6)
+    # the zeros between the arrays of a buffer stay zero
+    groups = [group[0] for group in t._update_groups]              # the parameter buffer, cut where decay stops
+    assert len(groups) == (2 if weight_decay else 1)
+    assert all(a.ctypes.data + a.nbytes == b.ctypes.data for a, b in zip(groups, groups[1:]))
+    flat = np.concatenate(groups)
+    covered = np.zeros(flat.size, bool)
+    for p in t.params:
+        start = (p.ctypes.data - groups[0].ctypes.data) // 4
+        covered[start : start + p.size] = True
+    assert (flat[~covered] == 0).all() and (~covered).any()
