@@ -19,6 +19,9 @@ def render(report: dict, console) -> None:
         sg = r["sgemm"]
         per50k = {e: r["engines"][e]["epoch_seconds_per_50k"] for e in engines}
         t.add_row("epoch s (50k images, median)", *[f"{per50k[e]:.3f}" for e in engines], "")
+        if all("epoch_seconds_fastest_per_50k" in r["engines"][e] for e in engines):
+            t.add_row("epoch s (fastest)", *[f"{r['engines'][e]['epoch_seconds_fastest_per_50k']:.3f}"
+                                             for e in engines], "")
         t.add_row("epoch GFLOP/s", *[f"{r['engines'][e]['epoch_gflops']:.0f}" for e in engines], "")
         t.add_row("speed-up of numba", *[f"{per50k[e] / per50k['numba']:.2f}x" for e in engines], "")
         if "ceiling" in report:

@@ -47,6 +47,9 @@ def check_net(net):
         e = net["engines"][name]
         assert positive(e["epoch_seconds_median"]) and positive(e["epoch_seconds_per_50k"])
         assert all(positive(t) for t in e["epoch_seconds"])
+        fastest = e["epoch_seconds_fastest_per_50k"]
+        assert fastest == pytest.approx(min(e["epoch_seconds"]) / e["epoch_seconds_median"] * e["epoch_seconds_per_50k"])
+        assert 0 < fastest <= e["epoch_seconds_per_50k"]
         phases = e["phases_ms"]
         assert "gather" in phases and "sgd_momentum_update" in phases and "softmax_xent_grad" in phases
         assert any(p.startswith("forward[0]") for p in phases) and any(p.startswith("backward[0]") for p in phases)
