@@ -123,9 +123,8 @@ def test_bench_overhead_and_regions(quick):
     regions = o["parallel_regions"]
     assert positive_int(regions["parallel_kernel_calls"]) and positive_int(regions["prange_loops_max"])
     # one step of the seed net on one image: the normalised gather, 3 forward products, 3 dW and 2 dX
-    # products, and the update of the one parameter big enough for threads (W0, 3072 x 64); the
-    # loss, the accuracy count, the bias gradients and the other updates run serially
-    # (kernels/config.sized_kernel)
+    # products, and the update of all weights (one flat buffer); the loss, the bias gradients and
+    # the update of the biases run serially (kernels/config.sized_kernel)
     assert regions["by_kernel"] == {"gather_normalise": 1, "gemm_nt": 3, "_gemm_op": 5, "sgd_momentum_update": 1}
     assert regions["parallel_kernel_calls"] == 10
     text = " ".join(output.split())              # rich wraps lines at the console's width
