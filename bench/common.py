@@ -32,10 +32,28 @@ def synthetic_cifar(n_train: int = N_TRAIN, n_test: int = 1000, seed: int = 0) -
                    [f"class{i}" for i in range(CLASSES)], (3, 32, 32))
 
 
+def net_config(net: str) -> dict:
+    """The hidden widths and batch size of a bench net: one of NETS by name, or a net of your own
+    written as its hidden widths joined by '-', then '@' and the batch size: 768-768@256
+    (batch 128 when '@' is left out). ValueError if it is neither."""
+    if net in NETS:
+        return NETS[net]
+    widths, at, batch = net.partition("@")
+    try:
+        hidden = [int(w) for w in widths.split("-")]
+        batch_size = int(batch) if at else 128
+    except ValueError:
+        hidden, batch_size = [], 0
+    if not hidden or min(hidden) < 1 or batch_size < 1:
+        raise ValueError(f"{net!r} is neither a bench net ({', '.join(NETS)}) nor hidden widths and a batch "
+                         "size like 768-768@256")
+    return {"hidden": hidden, "batch_size": batch_size}
+
+
 def make_trainer(net: str, engine: str, data: Dataset, epochs: int = 1, seed: int = 0) -> Trainer:
-    """A Trainer for one of NETS on `data`, ready for step() (no validation split)."""
+    """A Trainer for a bench net (net_config) on `data`, ready for step() (no validation split)."""
     cfg = TrainConfig(**engine_options(engine), epochs=epochs, seed=seed, val_size=0.0, warmup_epochs=0.0,
-                      lr=0.01, **NETS[net])
+                      lr=0.01, **net_config(net))
     return Trainer(cfg, data)
 
 

@@ -135,7 +135,7 @@ def use_threads(n: int, torch_trainer=None) -> None:
 
 
 def bench_net(net: str, data, engines, repeats: int, quick: bool, counts, log, peers: Peers | None = None) -> dict:
-    """All in-process measurements of one of common.NETS at each thread count in `counts`
+    """All in-process measurements of a bench net (common.net_config) at each thread count in `counts`
     (interleaved: every repeat runs every count and engine in turn); returns count -> result."""
     counts = [counts] if isinstance(counts, int) else list(counts)
     trainers = {e: common.make_trainer(net, e, data) for e in engines}
@@ -145,7 +145,7 @@ def bench_net(net: str, data, engines, repeats: int, quick: bool, counts, log, p
         torch_trainer = peers.torch.TorchTrainer(any_trainer, counts[0])
     jax_workers = peers.jax_workers if peers is not None else {}
     switch = {n: (lambda n=n: use_threads(n, torch_trainer)) for n in counts}
-    results = {n: {"hidden": common.NETS[net]["hidden"], "batch_size": common.NETS[net]["batch_size"],
+    results = {n: {**common.net_config(net),
                    "layers": [list(s) for s in common.layer_shapes(any_trainer)],
                    "epoch_gflop": common.epoch_flops(any_trainer) / 1e9, "engines": {}} for n in counts}
     label = lambda n, e: f"{e}@{n}"         # noqa: E731

@@ -198,6 +198,30 @@ def test_bench_rejects_unknown_net():
     assert result.exit_code == 1 and "--nets" in result.output
 
 
+@pytest.mark.parametrize("nets", ["seed,768-x@256", "@256", "64-0@128", "64-64@0", "64-64@", "64--64", ","])
+def test_bench_rejects_bad_net_specs(nets):
+    result = CliRunner().invoke(app, ["bench", "--nets", nets])
+    assert result.exit_code == 1 and "--nets" in result.output and "Traceback" not in result.output
+
+
+def test_bench_times_a_net_of_your_own():
+    """--nets takes hidden widths and a batch size (768-768@256) beside the named nets; bench_net
+    builds that net and reports its shapes."""
+    from fastfcnn.bench import common
+    from fastfcnn.bench.timing import bench_net
+
+    assert common.net_config("wide") == {"hidden": [1024, 1024], "batch_size": 256}
+    assert common.net_config("768-768@256") == {"hidden": [768, 768], "batch_size": 256}
+    assert common.net_config("100") == {"hidden": [100], "batch_size": 128}
+    data = common.synthetic_cifar(n_train=64, n_test=8)
+    result = bench_net("40-24@16", data, ["numba"], 1, True, [1], log=lambda m: None)[1]
+    set_threads(None)
+    assert result["hidden"] == [40, 24] and result["batch_size"] == 16
+    assert result["layers"] == [[16, 3072, 40], [16, 40, 24], [16, 24, 10]]
+    assert result["epoch_gflop"] == pytest.approx(2 * 64 * (2 * 3072 * 40 + 3 * 40 * 24 + 3 * 24 * 10) / 1e9)
+    assert positive(result["engines"]["numba"]["epoch_seconds_per_50k"])
+
+
 @pytest.mark.parametrize("threads", ["0", "1,x", "2,,", "-1"])
 def test_bench_rejects_bad_threads(threads):
     result = CliRunner().invoke(app, ["bench", "--threads", threads])
