@@ -416,6 +416,65 @@ def op_suits(m: int, n: int, k: int, threads: int) -> bool:
     return (m + OMB - 1) // OMB * (n // ONB) >= threads
 
 
+@serial_kernel
+def _col_blocks(m, n, mb, threads):
+    """How many blocks of columns out is cut into: runs of whole ON-column tiles, as even as can be
+    (_col_span), at least ceil(n / ONB) of them (a task packs at most ONB columns of b).
+
+    prange hands each thread an equal run of the mb x nb tasks, so with fewer tasks than threads, or
+    a count that does not divide, some threads wait for the others: 256-column blocks would keep 12
+    of 16 threads busy in the seed net's dw0 = dy.T @ x (64 x 3072), 4 of 16 in the wide net's
+    dx = dy @ w (256 x 1024), and leave one of 2 idle a third of the time for 768 units. When the
+    tasks do not divide among the threads, counts of blocks up to twice as many as there are, or as
+    the threads need, are tried, and the fewest that finish soonest are taken (_makespan). More
+    blocks read op(a) more often, so a count that divides is kept. An output of one block of
+    columns keeps it: its rows are cut finely instead, and its tasks share one packing of op(b)
+    (split_pack)."""
+    nb = max((n + ONB - 1) // ONB, 1)
+    tiles = (n + ON - 1) // ON
+    if nb == 1 or (mb * nb) % threads == 0:
+        return nb
+    best, best_span = nb, _makespan(m, n, mb, nb, threads)
+    for c in range(nb + 1, min(tiles, 2 * max(nb, (threads + mb - 1) // mb)) + 1):
+        span = _makespan(m, n, mb, c, threads)
+        if span < best_span:
+            best, best_span = c, span
+    return best
+
+
+@serial_kernel
+def _col_span(n, nb, cb):
+    """The columns (j0, j1) of block cb of nb: a run of whole ON-column tiles (the last one may be
+    partial), as even as can be."""
+    tiles = (n + ON - 1) // ON
+    return cb * tiles // nb * ON, min((cb + 1) * tiles // nb * ON, n)
+
+
+@serial_kernel
+def _makespan(m, n, mb, nb, threads):
+    """The most output elements any thread computes when prange hands `threads` threads equal
+    contiguous runs of the mb x nb tasks (block t: rows t // nb, columns t % nb)."""
+    panels = max((m + OM - 1) // OM, 1)
+    tasks = mb * nb
+    span = 0
+    for th in range(threads):
+        work = 0
+        for t in range(th * tasks // threads, (th + 1) * tasks // threads):
+            rb = t // nb
+            rows = min((rb + 1) * panels // mb * OM, m) - rb * panels // mb * OM
+            j0, j1 = _col_span(n, nb, t % nb)
+            work += rows * (j1 - j0)
+        span = max(span, work)
+    return span
+
+
+def col_blocks(m: int, n: int, threads: int) -> tuple:
+    """(blocks of rows, blocks of columns) gemm_op cuts an (m, n) output into on `threads` threads:
+    its tasks are their product."""
+    mb = _row_blocks(m, n, threads, min_block_rows(n))
+    return mb, _col_blocks(m, n, mb, threads)
+
+
 def min_block_rows(n: int) -> int:
     """The shortest block of rows gemm_op gives a task (see _row_blocks): an output of one block of
     columns shares one packing of op(b) among all tasks (split_pack), so it can be cut as finely
@@ -533,15 +592,14 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
         for kb in range(pbs.shape[0]):
             _pack_b(b, trans_b, pbs[kb], 0, n, kb * OKC, min(OKC, kk - kb * OKC))
     panels = (m + OM - 1) // OM
-    nb = (n + ONB - 1) // ONB
+    nb = _col_blocks(m, n, mb, threads)
     for t in prange(mb * nb):
         ws = rows[numba.get_thread_id()]         # < get_num_threads(), the rows of pack
         pb = packb[numba.get_thread_id()][:_PB].reshape((ONB // ON, OKC, ON))
         edge = ws[_PB : _PB + _EDGE].reshape((OM, ON))
         i0 = (t // nb) * panels // mb * OM       # block t // nb: a run of whole panels
-        j0 = (t % nb) * ONB
         i1 = min(((t // nb) + 1) * panels // mb * OM, m)
-        j1 = min(j0 + ONB, n)
+        j0, j1 = _col_span(n, nb, t % nb)
         for k0 in range(0, max(kk, 1), OKC):     # one empty block when kk == 0, so out is still written
             kn = min(OKC, kk - k0)
             if shared:
@@ -559,8 +617,7 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
             k1, k2, pj0, pj1 = k0 + OKC, min(k0 + 2 * OKC, kk), j0, j1
             if last_k:
                 k1, k2 = 0, min(OKC, kk)
-                pj0 = ((t + 1) % nb) * ONB
-                pj1 = min(pj0 + ONB, n)
+                pj0, pj1 = _col_span(n, nb, (t + 1) % nb)
             n_pf = 0 if shared or (last_k and t + 1 == mb * nb) else (pj1 - pj0 if trans_b else k2 - k1)
             n_q = n_i * n_j
             # tile q prefetches rows q * n_pf // n_q up to (q + 1) * n_pf // n_q, and the tiles are

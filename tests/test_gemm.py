@@ -200,6 +200,60 @@ def test_op_empty_reduction_writes_zeros_plus_bias():
     check_op(9, 33, 0, False, True, R.BIAS)
 
 
+def test_op_column_blocks_keep_every_thread_busy():
+    """_col_blocks narrows the column blocks when the tasks would not divide among the threads
+    (see its docstring), and keeps ceil(n / ONB) of them when they do."""
+    on, onb = matmul.ON, matmul.ONB
+    assert matmul.col_blocks(256, 3 * onb, 1) == (1, 3)            # one thread: nothing to balance
+    assert matmul.col_blocks(256, 3 * onb, 2) == (1, 4)            # 3 blocks on 2 threads: 4
+    assert matmul.col_blocks(256, 4 * onb, 2) == (1, 4)            # 4 on 2: kept
+    assert matmul.col_blocks(256, 4 * onb, 16) == (1, 16)          # 4 on 16: one each
+    assert matmul.col_blocks(64, 12 * onb, 8) == (1, 16)           # 12 on 8: two each
+    assert matmul.col_blocks(64, 12 * onb, 4) == (1, 12)
+    assert matmul.col_blocks(128, onb, 16)[1] == 1                  # one block of columns: cut by rows
+    for m, n, threads in [(256, 3 * onb, 2), (256, 640, 2), (128, 1280, 2), (64, 12 * onb, 16), (256, 4 * onb, 12)]:
+        mb, nb = matmul.col_blocks(m, n, threads)
+        spans = [matmul._col_span(n, nb, c) for c in range(nb)]
+        assert spans[0][0] == 0 and spans[-1][1] == n and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        widths = [j1 - j0 for j0, j1 in spans]
+        assert max(widths) <= onb and all(j0 % on == 0 for j0, _ in spans)
+        assert max(widths) - min(widths) <= on                      # as even as whole tiles allow
+        assert matmul._makespan(m, n, mb, nb, threads) <= matmul._makespan(m, n, mb, -(-n // onb), threads)
+    # 256 x 640 on 2 threads: 3 blocks (6, 7 and 7 tiles) give one thread 14 tiles' work, 4 give each 10
+    assert matmul._makespan(256, 640, 1, 3, 2) == 256 * 14 * on and matmul._makespan(256, 640, 1, 4, 2) == 256 * 10 * on
+
+
+def test_op_results_do_not_depend_on_the_thread_count_or_its_blocks():
+    """The same bits on 1, 2, 3, 8 and 16 threads (a subprocess with a pool of 16, on however many
+    cores), for outputs whose column blocks _col_blocks narrows on some of those counts."""
+    code = """
+import numpy as np, numba
+from fastfcnn import kernels as K
+from fastfcnn.kernels import matmul as M
+rng = np.random.default_rng(2)
+pack = M.pack_workspace(M.packed_a_floats(3 * M.ONB, 300) + M.packed_b_floats(300))
+for m, n, k, ta in [(40, 3 * M.ONB + 9, 70, False), (3 * M.ONB, 70, 300, True), (9, 12 * M.ONB, 20, True)]:
+    a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    outs = []
+    for threads in (1, 2, 3, 8, 16, 1):
+        numba.set_num_threads(threads)
+        out = np.full((m, n), np.nan, np.float32)
+        K.gemm_op(a, ta, b, False, out, b[0], out, M.PLAIN, pack)
+        outs.append(out)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:]), (m, n, k, ta)
+    want = (a.T if ta else a).astype(np.float64) @ b
+    assert np.abs(outs[0] - want).max() <= 1e-4 * np.sqrt(k) * np.abs(want).max(), (m, n, k, ta)
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_NUM_THREADS="16")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 def test_op_results_do_not_depend_on_the_thread_count():
     from fastfcnn.engine import max_threads, set_threads
 
