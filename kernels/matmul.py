@@ -428,11 +428,13 @@ def _col_blocks(m, n, mb, threads):
     tasks do not divide among the threads, counts of blocks up to twice as many as there are, or as
     the threads need, are tried, and the fewest that finish soonest are taken (_makespan). More
     blocks read op(a) more often, so a count that divides is kept. An output of one block of
-    columns keeps it: its rows are cut finely instead, and its tasks share one packing of op(b)
-    (split_pack)."""
+    columns is cut by rows into twice as many blocks as threads (_row_blocks), but no finer than a
+    panel: the seed net's 16 panels of first-layer output on 12 threads give 4 threads two
+    blocks each, and cutting its 64 columns in two evens that out (its tasks still share one
+    packing of op(b): split_pack)."""
     nb = max((n + ONB - 1) // ONB, 1)
     tiles = (n + ON - 1) // ON
-    if nb == 1 or (mb * nb) % threads == 0:
+    if (mb * nb) % threads == 0:
         return nb
     best, best_span = nb, _makespan(m, n, mb, nb, threads)
     for c in range(nb + 1, min(tiles, 2 * max(nb, (threads + mb - 1) // mb)) + 1):
@@ -600,6 +602,7 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
         i0 = (t // nb) * panels // mb * OM       # block t // nb: a run of whole panels
         i1 = min(((t // nb) + 1) * panels // mb * OM, m)
         j0, j1 = _col_span(n, nb, t % nb)
+        jb = j0 // ON if shared else 0           # shared panels hold every column, a task's own its block's
         for k0 in range(0, max(kk, 1), OKC):     # one empty block when kk == 0, so out is still written
             kn = min(OKC, kk - k0)
             if shared:
@@ -638,7 +641,7 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
                 dst = out if full else edge      # a partial tile is computed whole into edge, then cropped
                 # two call sites, one panel type each: a single one would unify a packed panel and a
                 # view of a into one strided type, and the packed panels' tiles would pay for it
-                b_panel = _b_panel(b, pb, jt, j, j1, k0, kn, b_in_place)
+                b_panel = _b_panel(b, pb, jt + jb, j, j1, k0, kn, b_in_place)
                 if in_place and i + OM <= m:
                     tile(_in_place(a, pa, i, k0, kn), b_panel, dst, i if full else 0, j if full else 0, kn,
                          full and k0 > 0)

@@ -210,8 +210,12 @@ def test_op_column_blocks_keep_every_thread_busy():
     assert matmul.col_blocks(256, 4 * onb, 16) == (1, 16)          # 4 on 16: one each
     assert matmul.col_blocks(64, 12 * onb, 8) == (1, 16)           # 12 on 8: two each
     assert matmul.col_blocks(64, 12 * onb, 4) == (1, 12)
-    assert matmul.col_blocks(128, onb, 16)[1] == 1                  # one block of columns: cut by rows
-    for m, n, threads in [(256, 3 * onb, 2), (256, 640, 2), (128, 1280, 2), (64, 12 * onb, 16), (256, 4 * onb, 12)]:
+    assert matmul.col_blocks(3 * matmul.OM, 64, 2) == (3, 2)        # one block of columns: cut by rows,
+    if matmul.OM == 8:                                              # and by columns where the panels do
+        assert matmul.col_blocks(128, 64, 16) == (16, 1)            # not divide among the threads
+        assert matmul.col_blocks(128, 64, 12) == (16, 2)
+    for m, n, threads in [(256, 3 * onb, 2), (256, 640, 2), (128, 1280, 2), (64, 12 * onb, 16), (256, 4 * onb, 12),
+                          (128, 64, 12), (3 * matmul.OM, 64, 2)]:
         mb, nb = matmul.col_blocks(m, n, threads)
         spans = [matmul._col_span(n, nb, c) for c in range(nb)]
         assert spans[0][0] == 0 and spans[-1][1] == n and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
@@ -224,26 +228,29 @@ def test_op_column_blocks_keep_every_thread_busy():
 
 
 def test_op_results_do_not_depend_on_the_thread_count_or_its_blocks():
-    """The same bits on 1, 2, 3, 8 and 16 threads (a subprocess with a pool of 16, on however many
-    cores), for outputs whose column blocks _col_blocks narrows on some of those counts."""
+    """The same bits on 1 to 16 threads (a subprocess with a pool of 16, on however many cores), for
+    outputs whose column blocks _col_blocks narrows on some of those counts, with op(b) packed per
+    task, shared, and read in place."""
     code = """
 import numpy as np, numba
 from fastfcnn import kernels as K
 from fastfcnn.kernels import matmul as M
 rng = np.random.default_rng(2)
-pack = M.pack_workspace(M.packed_a_floats(3 * M.ONB, 300) + M.packed_b_floats(300))
-for m, n, k, ta in [(40, 3 * M.ONB + 9, 70, False), (3 * M.ONB, 70, 300, True), (9, 12 * M.ONB, 20, True)]:
+pack = M.pack_workspace(M.packed_a_floats(3 * M.ONB, 600) + M.packed_b_floats(600))
+for m, n, k, ta, tb in [(40, 3 * M.ONB + 9, 70, False, False), (3 * M.ONB, 70, 300, True, False),
+                        (9, 12 * M.ONB, 20, True, False), (3 * M.OM, 2 * M.ON, 600, False, True),
+                        (16 * M.OM, M.ONB - 5, 300, False, True)]:
     a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
-    b = rng.standard_normal((k, n), dtype=np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
     outs = []
-    for threads in (1, 2, 3, 8, 16, 1):
+    for threads in (1, 2, 3, 6, 8, 12, 16, 1):
         numba.set_num_threads(threads)
         out = np.full((m, n), np.nan, np.float32)
-        K.gemm_op(a, ta, b, False, out, b[0], out, M.PLAIN, pack)
+        K.gemm_op(a, ta, b, tb, out, b[0, :n] if tb else b[0], out, M.PLAIN, pack)
         outs.append(out)
-    assert all(np.array_equal(outs[0], o) for o in outs[1:]), (m, n, k, ta)
-    want = (a.T if ta else a).astype(np.float64) @ b
-    assert np.abs(outs[0] - want).max() <= 1e-4 * np.sqrt(k) * np.abs(want).max(), (m, n, k, ta)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:]), (m, n, k, ta, tb)
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
+    assert np.abs(outs[0] - want).max() <= 1e-4 * np.sqrt(k) * np.abs(want).max(), (m, n, k, ta, tb)
 print("ok")
 """
     import subprocess
