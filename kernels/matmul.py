@@ -144,8 +144,8 @@ def gemm_nt(a, b, out, bias, mask, mode):
 
 
 # The outer-product products (gemm_op) first pack op(a) whole into OM-row panels (K, OM), in
-# parallel over the panels, then cut out into OMB x ONB blocks, one per parallel task, and the
-# reduction into blocks of OKC. Each task packs its slice of b into ON-column panels (OKC, ON), so
+# parallel over the panels, then cut out into blocks of up to about 4 OMB x ONB, one per parallel
+# task (_row_blocks, _col_blocks), and the reduction into blocks of OKC. Each task packs its slice of b into ON-column panels (OKC, ON), so
 # the micro-kernel streams both operands from contiguous memory: a b panel (32 KB with AVX-512)
 # stays in L1 while the a panels stream from L2. op(a) used to be packed by every task, once per
 # block column.
@@ -602,7 +602,7 @@ def _gemm_op(a, trans_a, b, trans_b, out, bias, mask, mode, pack, min_rows, thre
         i0 = (t // nb) * panels // mb * OM       # block t // nb: a run of whole panels
         i1 = min(((t // nb) + 1) * panels // mb * OM, m)
         j0, j1 = _col_span(n, nb, t % nb)
-        jb = j0 // ON if shared else 0           # shared panels hold every column, a task's own its block's
+        jb = j0 // ON if shared else 0           # shared panels start at column 0, a task's own at j0
         for k0 in range(0, max(kk, 1), OKC):     # one empty block when kk == 0, so out is still written
             kn = min(OKC, kk - k0)
             if shared:
