@@ -28,6 +28,15 @@ def _prefetch_ahead(x, idx, i):
         _prefetch_span(x, idx[i + AHEAD], 0, x.shape[1])
 
 
+@serial_kernel
+def normalise_row(src, mean, inv_std, dst):
+    """dst = (src - mean) * inv_std, elementwise over 1-d views of one length (src uint8 or
+    float32): the one normalisation that normalise and the normalising gathers share, so their
+    bits agree by construction."""
+    for k in range(src.shape[0]):
+        dst[k] = (np.float32(src[k]) - mean[k]) * inv_std[k]
+
+
 @kernel
 def gather_batch(x, idx, out):
     """out (B,D) = x[idx]; x (N,D) uint8 or float32, idx (B,) int64, out (B,D) of x's dtype."""
@@ -46,9 +55,7 @@ def gather_normalise(x, idx, mean, inv_std, out):
     first layer's input: the raw batch is never written (a pass over it each way saved)."""
     for i in prange(idx.shape[0]):
         _prefetch_ahead(x, idx, i)
-        src, dst = x[idx[i]], out[i]
-        for k in range(x.shape[1]):
-            dst[k] = (np.float32(src[k]) - mean[k]) * inv_std[k]
+        normalise_row(x[idx[i]], mean, inv_std, out[i])
 
 
 # How gather_augment fills the pixels a shift moves in from outside the image.
@@ -91,10 +98,8 @@ def gather_augment_normalise(x, idx, shift_y, shift_x, flip, pad_mode, channels,
         _augment_plane(x, idx, shift_y, shift_x, flip, reflect, channels, height, width, raw, t)
         i = t // channels
         base = (t - i * channels) * plane
-        src, dst = raw[i, base : base + plane], out[i, base : base + plane]
-        m, s = mean[base : base + plane], inv_std[base : base + plane]
-        for k in range(plane):
-            dst[k] = (np.float32(src[k]) - m[k]) * s[k]
+        normalise_row(raw[i, base : base + plane], mean[base : base + plane], inv_std[base : base + plane],
+                      out[i, base : base + plane])
 
 
 @serial_kernel

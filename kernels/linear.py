@@ -13,6 +13,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel, num_threads, sized_kernel
+from .gather import normalise_row
 from .matmul import BIAS, BIAS_RELU, MASK, PLAIN, gemm_nt, gemm_op, op_suits
 
 
@@ -20,9 +21,7 @@ from .matmul import BIAS, BIAS_RELU, MASK, PLAIN, gemm_nt, gemm_op, op_suits
 def normalise(xb, mean, inv_std, x):
     """x (B,D) float32 = (xb (B,D) uint8 - mean) * inv_std, per feature."""
     for i in prange(xb.shape[0]):
-        src, dst = xb[i], x[i]   # row views: plain k indexing vectorises (see matmul.py)
-        for k in range(xb.shape[1]):
-            dst[k] = (np.float32(src[k]) - mean[k]) * inv_std[k]
+        normalise_row(xb[i], mean, inv_std, x[i])   # row views: plain k indexing vectorises (see matmul.py)
 
 
 # The layer functions are plain Python around gemm_op, which checks its arguments in Python
